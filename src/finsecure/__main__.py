@@ -1,0 +1,3 @@
+from finsecure.cli import main
+
+main()

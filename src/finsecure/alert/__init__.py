@@ -1,0 +1,1 @@
+"""Alerts: one finding by a rule or a model about an entity."""

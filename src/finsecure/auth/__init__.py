@@ -1,0 +1,1 @@
+"""People and machines: users, roles, tokens and API keys."""

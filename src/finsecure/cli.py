@@ -1,0 +1,297 @@
+"""The ``finsecure`` command line."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from finsecure.audit.service import Actor
+from finsecure.auth import service as auth_service
+from finsecure.auth.models import Role
+from finsecure.auth.schemas import ApiKeyCreate, Scope, UserCreate, UserUpdate
+from finsecure.core import migrate as migrations
+from finsecure.core.database import create_db_engine, make_session_factory, session_scope
+from finsecure.core.errors import Conflict, NotFound
+from finsecure.core.security import Passwords
+from finsecure.core.settings import Settings, get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    help="FinSecure Nexus: cyber, fraud and geo signals correlated on one entity graph, explained.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+users_app = typer.Typer(help="Manage the people who sign in to the dashboard.", no_args_is_help=True)
+apikeys_app = typer.Typer(help="Manage API keys for machines that push events.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(apikeys_app, name="apikeys")
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        messages = "; ".join(str(e.get("msg", "")).removeprefix("Value error, ") for e in exc.errors())
+        err_console.print(f"[bold red]Configuration error:[/] {messages}")
+        raise typer.Exit(2) from exc
+
+
+def _cli_actor() -> Actor:
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Actor(label=f"cli:{who}")
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[bold red]Error:[/] {message}")
+    return typer.Exit(1)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision; 'head' is the newest")] = "head",
+    down: Annotated[
+        bool, typer.Option("--down", help="Downgrade to REVISION instead ('base' empties it)")
+    ] = False,
+) -> None:
+    """Bring the database schema up to date (or, with --down, back to an older revision)."""
+    settings = _settings()
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        if down:
+            migrations.downgrade(engine, revision)
+        else:
+            migrations.upgrade(engine, revision)
+        console.print(f"Database at revision [bold]{migrations.current_revision(engine) or 'base'}[/]")
+    finally:
+        engine.dispose()
+
+
+def _bootstrap_admin(settings: Settings) -> None:
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            password = settings.admin_password.get_secret_value() if settings.admin_password else None
+            user, one_time = auth_service.ensure_first_admin(
+                db_session=db_session,
+                passwords=Passwords(settings),
+                username=settings.admin_username,
+                password=password,
+            )
+    finally:
+        engine.dispose()
+    if user is None:
+        return
+    if one_time:
+        console.print(
+            Panel(
+                f"Username: [bold]{user.username}[/]\nOne-time password: [bold]{one_time}[/]\n"
+                "You will be asked to choose a new password after signing in. It is not shown again.",
+                title="First admin created",
+                border_style="yellow",
+            )
+        )
+    else:
+        console.print(f"First admin [bold]{user.username}[/] created with FINSECURE_ADMIN_PASSWORD.")
+
+
+@app.command()
+def bootstrap() -> None:
+    """Create the first admin if there is none (password from FINSECURE_ADMIN_PASSWORD or generated)."""
+    _bootstrap_admin(_settings())
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default from settings)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (default from settings)")] = None,
+    setup: Annotated[
+        bool, typer.Option(help="Apply migrations and create the first admin before serving")
+    ] = True,
+) -> None:
+    """Serve the API (and, as the platform grows, the dashboard and live stream)."""
+    import uvicorn
+
+    from finsecure.api import create_app
+    from finsecure.core.logging import configure_logging
+
+    settings = _settings()
+    configure_logging(settings)
+    if setup:
+        engine = create_db_engine(settings.resolved_database_url)
+        try:
+            migrations.upgrade(engine)
+        finally:
+            engine.dispose()
+        _bootstrap_admin(settings)
+    bind_host, bind_port = host or settings.host, port or settings.port
+    console.print(f"FinSecure Nexus on [bold]http://{bind_host}:{bind_port}[/] (API docs at /api/docs)")
+    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_config=None, proxy_headers=False)
+
+
+@users_app.command("create")
+def users_create(
+    username: Annotated[str, typer.Argument(help="Sign-in name")],
+    role: Annotated[Role, typer.Option(help="viewer, analyst or admin")] = Role.viewer,
+    full_name: Annotated[str, typer.Option(help="Name shown in the dashboard")] = "",
+    email: Annotated[str | None, typer.Option(help="Contact address")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create a user. Without --password-stdin a one-time password is generated and printed once."""
+    settings = _settings()
+    password = sys.stdin.readline().rstrip("\n") if password_stdin else None
+    try:
+        user_in = UserCreate(
+            username=username, password=password, full_name=full_name, email=email, role=role
+        )
+    except ValidationError as exc:
+        raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            user, one_time = auth_service.create(
+                db_session=db_session, passwords=Passwords(settings), user_in=user_in, actor=_cli_actor()
+            )
+    except Conflict as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        engine.dispose()
+    console.print(f"Created {user.role.value} [bold]{user.username}[/] (id {user.id})")
+    if one_time:
+        console.print(f"One-time password (must be changed at first sign-in): [bold]{one_time}[/]")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List every user with role and status."""
+    settings = _settings()
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            users, _ = auth_service.get_all(db_session=db_session, offset=0, limit=10_000)
+            table = Table("id", "username", "role", "status", "last sign-in")
+            for u in users:
+                status = (
+                    "disabled"
+                    if u.disabled
+                    else ("must change password" if u.must_change_password else "active")
+                )
+                last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
+                table.add_row(str(u.id), u.username, u.role.value, status, last)
+    finally:
+        engine.dispose()
+    console.print(table)
+
+
+def _set_disabled(username: str, disabled: bool) -> None:
+    settings = _settings()
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            user = auth_service.get_by_username(db_session=db_session, username=username)
+            if user is None:
+                raise _fail(f"No user named {username!r}")
+            auth_service.update(
+                db_session=db_session,
+                passwords=Passwords(settings),
+                user=user,
+                user_in=UserUpdate(disabled=disabled),
+                actor=_cli_actor(),
+            )
+    except Conflict as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        engine.dispose()
+    console.print(f"User [bold]{username}[/] {'disabled' if disabled else 'enabled'}")
+
+
+@users_app.command("disable")
+def users_disable(username: Annotated[str, typer.Argument(help="Sign-in name")]) -> None:
+    """Disable a user: they cannot sign in and their sessions end."""
+    _set_disabled(username, True)
+
+
+@users_app.command("enable")
+def users_enable(username: Annotated[str, typer.Argument(help="Sign-in name")]) -> None:
+    """Enable a disabled user again."""
+    _set_disabled(username, False)
+
+
+@apikeys_app.command("create")
+def apikeys_create(
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. 'branch-gateway'")],
+    scope: Annotated[list[Scope], typer.Option("--scope", help="ingest and/or read; repeat for several")] = [  # noqa: B006
+        Scope.ingest
+    ],
+    expires_in_days: Annotated[int, typer.Option(help="Days until it expires; 0 for never")] = 90,
+) -> None:
+    """Create an API key. The key is printed once; only its hash is stored."""
+    settings = _settings()
+    try:
+        key_in = ApiKeyCreate(name=name, scopes=scope, expires_in_days=expires_in_days or None)
+    except ValidationError as exc:
+        raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            api_key, raw = auth_service.create_api_key(
+                db_session=db_session, key_in=key_in, owner_id=None, actor=_cli_actor()
+            )
+    finally:
+        engine.dispose()
+    console.print(
+        f"API key [bold]{api_key.name}[/] (prefix {api_key.prefix}, scopes {', '.join(api_key.scopes)})"
+    )
+    console.print(raw, highlight=False, soft_wrap=True)
+
+
+@apikeys_app.command("list")
+def apikeys_list() -> None:
+    """List API keys (never the keys themselves)."""
+    settings = _settings()
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            keys, _ = auth_service.get_all_api_keys(db_session=db_session, offset=0, limit=10_000)
+            table = Table("id", "name", "prefix", "scopes", "expires", "status")
+            for k in keys:
+                status = "revoked" if k.revoked_at else "active"
+                expires = k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "never"
+                table.add_row(str(k.id), k.name, k.prefix, ",".join(k.scopes), expires, status)
+    finally:
+        engine.dispose()
+    console.print(table)
+
+
+@apikeys_app.command("revoke")
+def apikeys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (see `apikeys list`)")],
+) -> None:
+    """Revoke an API key at once."""
+    settings = _settings()
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            auth_service.revoke_api_key_by_prefix(db_session=db_session, prefix=prefix, actor=_cli_actor())
+    except NotFound as exc:
+        raise _fail(exc.message) from exc
+    finally:
+        engine.dispose()
+    console.print(f"API key {prefix} revoked")
+
+
+def main() -> None:
+    app()

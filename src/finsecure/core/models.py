@@ -1,0 +1,33 @@
+"""Imports every table so that ``Base.metadata`` is complete (for Alembic and tests)."""
+
+from finsecure.alert.models import Alert
+from finsecure.audit.models import AuditEntry
+from finsecure.auth.models import ApiKey, RefreshToken, User
+from finsecure.core.database import Base
+from finsecure.entity.models import Edge, Entity
+from finsecure.event.models import StoredEvent
+from finsecure.incident.models import Incident, IncidentAlert
+from finsecure.model.models import ModelVersion
+from finsecure.response.models import ResponseAction
+from finsecure.rule.models import Rule
+from finsecure.system.models import SystemMetric
+
+metadata = Base.metadata
+
+__all__ = [
+    "Alert",
+    "ApiKey",
+    "AuditEntry",
+    "Edge",
+    "Entity",
+    "Incident",
+    "IncidentAlert",
+    "ModelVersion",
+    "RefreshToken",
+    "ResponseAction",
+    "Rule",
+    "StoredEvent",
+    "SystemMetric",
+    "User",
+    "metadata",
+]

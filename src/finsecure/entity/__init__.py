@@ -1,0 +1,1 @@
+"""Entities (people, accounts, cards, devices, IPs, ...) and the edges between them."""

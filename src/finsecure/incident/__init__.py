@@ -1,0 +1,1 @@
+"""Incidents (cases): correlated alerts that an analyst works as one."""

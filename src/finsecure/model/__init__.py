@@ -1,0 +1,1 @@
+"""The model registry: versioned, evaluated, promotable ML artefacts."""

@@ -1,0 +1,1 @@
+"""Automated and manual responses: block, notify, open a case, call a webhook."""

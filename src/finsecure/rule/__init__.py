@@ -1,0 +1,1 @@
+"""Detection rules as stored in the database (the source of truth is `rules/**/*.yml`)."""
