@@ -1,0 +1,41 @@
+"""Canonical security and fraud events: the schema every feed is normalised into."""
+
+from finsecure.event.schemas import (
+    ARROW_SCHEMAS,
+    ENTITY_KEYS,
+    EVENT_MODELS,
+    HEADER_FIELDS,
+    LABEL_FIELDS,
+    SCHEMA_VERSION,
+    AuthEvent,
+    CloudEvent,
+    Domain,
+    EventHeader,
+    NetworkEvent,
+    PaymentEvent,
+    SchemaError,
+    arrow_schema,
+    batch_to_events,
+    conform_batch,
+    events_to_batch,
+)
+
+__all__ = [
+    "ARROW_SCHEMAS",
+    "ENTITY_KEYS",
+    "EVENT_MODELS",
+    "HEADER_FIELDS",
+    "LABEL_FIELDS",
+    "SCHEMA_VERSION",
+    "AuthEvent",
+    "CloudEvent",
+    "Domain",
+    "EventHeader",
+    "NetworkEvent",
+    "PaymentEvent",
+    "SchemaError",
+    "arrow_schema",
+    "batch_to_events",
+    "conform_batch",
+    "events_to_batch",
+]
