@@ -24,10 +24,10 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from finsecure.api import build_context, create_app
+from finsecure.audit.service import Actor
 from finsecure.auth import service as auth_service
 from finsecure.auth.models import Role, User
 from finsecure.auth.schemas import UserCreate
-from finsecure.audit.service import Actor
 from finsecure.core import migrate
 from finsecure.core.database import create_db_engine
 from finsecure.core.deps import AppContext, get_db
@@ -96,10 +96,14 @@ def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         pg.drop()
 
 
-@pytest.fixture(
-    scope="session",
-    params=[pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="pg", marks=pytest.mark.postgres)],
-)
+#: Parametrise a test over both databases (use with the ``fresh_database_url`` fixture, ``indirect=True``).
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="pg", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
 def db_engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     """A migrated database for the whole session, once per backend."""
     pg: TempPostgres | None = None
@@ -174,7 +178,9 @@ def make_user(db_session: Session, context: AppContext) -> Callable[..., User]:
     """Factory: ``make_user(role=Role.analyst)`` creates an active user with ``TEST_PASSWORD``."""
     counter = iter(range(1, 1_000_000))
 
-    def factory(role: Role = Role.viewer, *, username: str | None = None, password: str = TEST_PASSWORD) -> User:
+    def factory(
+        role: Role = Role.viewer, *, username: str | None = None, password: str = TEST_PASSWORD
+    ) -> User:
         name = username or f"{role.value}{next(counter)}"
         user, _ = auth_service.create(
             db_session=db_session,

@@ -15,9 +15,8 @@ from finsecure.cli import app
 from finsecure.core.database import create_db_engine, make_session_factory
 from finsecure.core.security import Passwords
 from finsecure.core.settings import get_settings
-from tests.conftest import TEST_JWT_SECRET, make_settings
+from tests.conftest import BACKENDS, TEST_JWT_SECRET, make_settings
 
-BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="pg", marks=pytest.mark.postgres)]
 runner = CliRunner()
 
 
@@ -57,7 +56,8 @@ def test_bootstrap__generates_one_time_password_once(cli_env: str) -> None:
     match = re.search(r"One-time password: (\w+)", out)
     assert match, out
     admin = _users(cli_env)["admin"]
-    assert admin.role is Role.admin and admin.must_change_password
+    assert admin.role is Role.admin
+    assert admin.must_change_password
     settings = make_settings(database_url=cli_env)
     assert Passwords(settings).verify(admin.password_hash, match.group(1))
     assert "One-time password" not in _invoke("bootstrap"), "a second bootstrap must not create another admin"
@@ -79,11 +79,15 @@ def test_bootstrap__uses_admin_password_from_env(cli_env: str, monkeypatch: pyte
 @pytest.mark.parametrize("fresh_database_url", BACKENDS, indirect=True)
 def test_users__create_list_disable_enable(cli_env: str) -> None:
     _invoke("migrate")
-    _invoke("users", "create", "dana", "--role", "analyst", "--password-stdin", stdin="a-very-good-password\n")
+    _invoke(
+        "users", "create", "dana", "--role", "analyst", "--password-stdin", stdin="a-very-good-password\n"
+    )
     out = _invoke("users", "create", "eve")
     assert re.search(r"One-time password .*: \w{20}", out), out
     listing = _invoke("users", "list")
-    assert "dana" in listing and "analyst" in listing and "must change password" in listing
+    assert "dana" in listing
+    assert "analyst" in listing
+    assert "must change password" in listing
     _invoke("users", "disable", "dana")
     assert _users(cli_env)["dana"].disabled
     _invoke("users", "enable", "dana")
@@ -102,11 +106,14 @@ def test_users__errors_are_clear(cli_env: str) -> None:
     _invoke("migrate")
     _invoke("users", "create", "frank")
     duplicate = runner.invoke(app, ["users", "create", "FRANK"])
-    assert duplicate.exit_code == 1 and "taken" in duplicate.output
+    assert duplicate.exit_code == 1
+    assert "taken" in duplicate.output
     bad = runner.invoke(app, ["users", "create", "has space"])
-    assert bad.exit_code == 1 and "username" in bad.output
+    assert bad.exit_code == 1
+    assert "username" in bad.output
     missing = runner.invoke(app, ["users", "disable", "nobody"])
-    assert missing.exit_code == 1 and "No user named" in missing.output
+    assert missing.exit_code == 1
+    assert "No user named" in missing.output
 
 
 @pytest.mark.parametrize("fresh_database_url", BACKENDS, indirect=True)
@@ -116,13 +123,15 @@ def test_apikeys__create_list_revoke(cli_env: str) -> None:
     raw = re.search(r"fsk_\w{12}_\S+", out)
     assert raw, out
     prefix = raw.group(0).split("_")[1]
-    assert prefix in _invoke("apikeys", "list") and raw.group(0) not in _invoke("apikeys", "list")
+    assert prefix in _invoke("apikeys", "list")
+    assert raw.group(0) not in _invoke("apikeys", "list")
     _invoke("apikeys", "revoke", prefix)
     engine = create_db_engine(cli_env)
     with make_session_factory(engine)() as session:
         key = session.scalars(select(ApiKey)).one()
     engine.dispose()
-    assert key.revoked_at is not None and key.scopes == ["ingest", "read"]
+    assert key.revoked_at is not None
+    assert key.scopes == ["ingest", "read"]
     assert runner.invoke(app, ["apikeys", "revoke", "000000000000"]).exit_code == 1
 
 
@@ -142,16 +151,29 @@ def test_cli__refuses_default_secret_in_production(monkeypatch: pytest.MonkeyPat
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 2
-    assert "Configuration error" in result.output and "FINSECURE_JWT_SECRET" in result.output
+    assert "Configuration error" in result.output
+    assert "FINSECURE_JWT_SECRET" in result.output
 
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["migrate"], ["serve"], ["bootstrap"], ["users"], ["users", "create"], ["users", "list"],
-     ["users", "disable"], ["apikeys"], ["apikeys", "create"], ["apikeys", "revoke"]],
+    [
+        [],
+        ["migrate"],
+        ["serve"],
+        ["bootstrap"],
+        ["users"],
+        ["users", "create"],
+        ["users", "list"],
+        ["users", "disable"],
+        ["apikeys"],
+        ["apikeys", "create"],
+        ["apikeys", "revoke"],
+    ],
     ids=lambda c: " ".join(c) or "root",
 )
 def test_help__every_command_explains_itself(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
-    assert "Usage" in result.output and len(result.output.splitlines()) > 5
+    assert "Usage" in result.output
+    assert len(result.output.splitlines()) > 5

@@ -13,8 +13,8 @@ from sqlalchemy import Engine, inspect
 from finsecure.core import migrate
 from finsecure.core.database import create_db_engine
 from finsecure.core.models import metadata
+from tests.conftest import BACKENDS
 
-BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="pg", marks=pytest.mark.postgres)]
 EXPECTED_TABLES = {
     "alembic_version",
     "alerts",

@@ -67,7 +67,8 @@ def test_serve__fresh_data_dir_answers_health_and_sign_in(tmp_path: Path) -> Non
         request = urllib.request.Request(f"{base}/api/auth/token", data=form, method="POST")  # noqa: S310
         with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
             tokens = json.loads(response.read())
-        assert tokens["token_type"] == "bearer" and tokens["access_token"]
+        assert tokens["token_type"] == "bearer"
+        assert tokens["access_token"]
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -59,7 +59,11 @@ def get_all(
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> tuple[list[AuditEntry], int]:
-    """Newest first, filtered; returns the page and the total number of matches."""
+    """Newest first, filtered; returns the page and the total number of matches.
+
+    ``since`` and ``until`` without a time zone are taken as UTC.
+    """
+    since, until = _as_utc(since), _as_utc(until)
     query = select(AuditEntry)
     if action is not None:
         query = query.where(AuditEntry.action == action)
@@ -76,3 +80,10 @@ def get_all(
     total = db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
     rows = db_session.scalars(query.order_by(AuditEntry.id.desc()).offset(offset).limit(limit)).all()
     return list(rows), total
+
+
+def _as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` with naive times read as UTC (the timestamp columns refuse naive datetimes)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=dt.UTC)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from typing import Any, NoReturn, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, func, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -100,7 +101,13 @@ def update(
 ) -> User:
     """Change a user's profile, role, status or password (an admin reset forces a change at sign-in)."""
     before = user.audit_view()
-    changes = user_in.model_dump(exclude_unset=True)
+    # An explicit null means "leave as is" for every field but ``email``, where it clears the address;
+    # dropping the nulls here keeps ``{"role": null}`` from counting as a demotion below.
+    changes = {
+        field: value
+        for field, value in user_in.model_dump(exclude_unset=True).items()
+        if value is not None or field == "email"
+    }
     removes_admin = (
         user.role == Role.admin
         and not user.disabled
@@ -109,10 +116,8 @@ def update(
     if removes_admin and count_active_admins(db_session=db_session) <= 1:
         raise Conflict("This is the last active admin; make another admin first", code="last_admin")
     for field in ("full_name", "email", "role", "disabled"):
-        if field in changes and changes[field] is not None:
+        if field in changes:
             setattr(user, field, changes[field])
-    if "email" in changes and changes["email"] is None:
-        user.email = None
     password_reset = changes.get("password") is not None
     if password_reset:
         user.password_hash = passwords.hash(changes["password"])
@@ -262,33 +267,57 @@ def _get_refresh(db_session: Session, raw: str) -> RefreshToken | None:
 
 
 def rotate_refresh_token(*, db_session: Session, settings: Settings, raw: str, ip: str) -> TokenPair:
-    """Swap a refresh token for a new pair. A token used twice means it was stolen: the family dies."""
+    """Swap a refresh token for a new pair. A token used twice means it was stolen: the family dies.
+
+    A token that was revoked (sign-out, password change, disabled account) but never used is refused
+    without raising the alarm: presenting it again is what a stale client does, not evidence of theft.
+    """
     token = _get_refresh(db_session, raw)
     now = utcnow()
     if token is None:
         raise Unauthorized("The refresh token is not valid", code="invalid_refresh_token")
-    if token.used_at is not None or token.revoked_at is not None:
-        revoke_family(db_session=db_session, family=token.family)
-        audit_service.record(
-            db_session=db_session,
-            actor=Actor(label="system:token-guard", ip=ip),
-            action="auth.refresh_reuse",
-            target_type="user",
-            target_id=token.user_id,
-            after={"family": token.family},
-        )
-        db_session.commit()
-        raise Unauthorized(
-            "This refresh token was already used; every session from that sign-in is now closed",
-            code="refresh_token_reused",
-        )
+    if token.used_at is not None:
+        _refresh_reused(db_session=db_session, token=token, ip=ip)
+    if token.revoked_at is not None:
+        raise Unauthorized("The refresh token was revoked; sign in again", code="refresh_token_revoked")
     if token.expires_at <= now:
         raise Unauthorized("The refresh token has expired; sign in again", code="refresh_token_expired")
     user = get(db_session=db_session, user_id=token.user_id)
     if user is None or user.disabled:
         raise Unauthorized("The account is disabled", code="account_disabled")
-    token.used_at = now
+    # Claim the token atomically: of two concurrent requests with the same token only one may win,
+    # the other is a reuse (checking ``used_at`` above and setting it later would let both through).
+    claimed = cast(
+        "CursorResult[Any]",
+        db_session.execute(
+            sql_update(RefreshToken)
+            .where(
+                RefreshToken.id == token.id, RefreshToken.used_at.is_(None), RefreshToken.revoked_at.is_(None)
+            )
+            .values(used_at=now)
+        ),
+    )
+    if claimed.rowcount != 1:
+        _refresh_reused(db_session=db_session, token=token, ip=ip)
     return issue_tokens(db_session=db_session, settings=settings, user=user, family=token.family)
+
+
+def _refresh_reused(*, db_session: Session, token: RefreshToken, ip: str) -> NoReturn:
+    """Revoke the family of a token presented a second time, record it, and refuse."""
+    revoke_family(db_session=db_session, family=token.family)
+    audit_service.record(
+        db_session=db_session,
+        actor=Actor(label="system:token-guard", ip=ip),
+        action="auth.refresh_reuse",
+        target_type="user",
+        target_id=token.user_id,
+        after={"family": token.family},
+    )
+    db_session.commit()
+    raise Unauthorized(
+        "This refresh token was already used; every session from that sign-in is now closed",
+        code="refresh_token_reused",
+    )
 
 
 def revoke_family(*, db_session: Session, family: str) -> None:

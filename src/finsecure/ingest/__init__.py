@@ -1,0 +1,1 @@
+"""Getting events in: readers of raw formats, normalisers (YAML mappings), sources and dead letters."""

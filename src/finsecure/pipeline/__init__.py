@@ -1,0 +1,1 @@
+"""The micro-batch engine: named steps over columnar batches of one domain."""
