@@ -38,6 +38,23 @@ TEST_PASSWORD = "correct-horse-battery-staple"
 TEST_JWT_SECRET = "test-secret-" + "x" * 40
 
 
+def datasets_path() -> Path:
+    """The shared real datasets (``FINSECURE_DATASETS`` or ``../shared/datasets`` beside the checkout)."""
+    env = os.environ.get("FINSECURE_DATASETS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """The real datasets; skipped on a user's clone without them, but required in CI."""
+    path = datasets_path()
+    if not (path / "README.md").exists():
+        if services_required():
+            pytest.fail(f"CI needs the shared datasets but {path} has none (set FINSECURE_DATASETS)")
+        pytest.skip(f"no shared datasets at {path}")
+    return path
+
+
 def services_required() -> bool:
     return os.environ.get("CI", "").lower() == "true" or os.environ.get("FINSECURE_REQUIRE_SERVICES") == "1"
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -131,10 +132,38 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=422,
         )
 
+    @app.exception_handler(DataError)
+    async def _data_error(request: Request, exc: DataError) -> JSONResponse:
+        # A safety net: the database refused a value that validation let through (a number out of
+        # range for its column, a NUL character, text too long). That is the request's fault, not ours.
+        logger.warning(
+            "database refused a value on %s %s: %s",
+            request.method,
+            request.url.path,
+            type(exc.orig).__name__,
+        )
+        return JSONResponse(
+            error_body(
+                "invalid_value",
+                "A value in the request is out of range or holds characters that cannot be stored",
+            ),
+            status_code=400,
+        )
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Imported here: the middleware module imports this one.
+        from finsecure.core.middleware import security_headers
+
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        # Starlette answers unexpected errors from its outermost layer, past SecurityHeadersMiddleware,
+        # so this response carries the hardening headers itself.
+        headers = {
+            name.decode(): value.decode()
+            for name, value in security_headers(is_tls=request.url.scheme == "https")
+        }
         return JSONResponse(
             error_body("internal_error", "Something went wrong on our side; it has been logged"),
             status_code=500,
+            headers=headers,
         )

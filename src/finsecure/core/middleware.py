@@ -32,45 +32,56 @@ class BodySizeLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await self._reject(send, 400, "bad_request", "Content-Length is not a number")
+                    await self._reject(send, scope, 400, "bad_request", "Content-Length is not a number")
                     return
                 if declared > self.max_bytes:
-                    await self._reject_too_large(send)
+                    await self._reject_too_large(send, scope)
                     return
         received = 0
+        too_large = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
+            if too_large:
+                raise _BodyTooLarge
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise _BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal response_started
+            if too_large and not response_started:
+                # The app may have caught _BodyTooLarge and turned it into another answer (FastAPI
+                # answers 400 "error parsing the body"): drop it, the 413 below replaces it.
+                return
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not response_started:
-                await self._reject_too_large(send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not response_started:
+            await self._reject_too_large(send, scope)
 
-    async def _reject_too_large(self, send: Send) -> None:
+    async def _reject_too_large(self, send: Send, scope: Scope) -> None:
         await self._reject(
             send,
+            scope,
             413,
             "payload_too_large",
             f"The request body is larger than the {self.max_bytes} bytes allowed",
         )
 
     @staticmethod
-    async def _reject(send: Send, status: int, code: str, message: str) -> None:
+    async def _reject(send: Send, scope: Scope, status: int, code: str, message: str) -> None:
         body = json.dumps(error_body(code, message)).encode()
         await send(
             {
@@ -79,6 +90,8 @@ class BodySizeLimitMiddleware:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
+                    # This answer may bypass SecurityHeadersMiddleware (it depends on the order).
+                    *security_headers(is_tls=scope.get("scheme") == "https"),
                 ],
             }
         )
@@ -98,6 +111,14 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
+HSTS_HEADER: tuple[bytes, bytes] = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+def security_headers(*, is_tls: bool) -> list[tuple[bytes, bytes]]:
+    """The hardening headers of every response; HSTS only over TLS (browsers ignore it on http)."""
+    return [*SECURITY_HEADERS, HSTS_HEADER] if is_tls else list(SECURITY_HEADERS)
+
+
 class SecurityHeadersMiddleware:
     """Add browser hardening headers to every HTTP response (HSTS only when served over TLS)."""
 
@@ -114,9 +135,7 @@ class SecurityHeadersMiddleware:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
-                if is_tls:
-                    headers.append((b"strict-transport-security", b"max-age=31536000; includeSubDomains"))
+                headers.extend(h for h in security_headers(is_tls=is_tls) if h[0] not in present)
                 message["headers"] = headers
             await send(message)
 

@@ -49,14 +49,19 @@ class InMemoryRateLimiter(RateLimiter):
     """
 
     def __init__(self, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
         self._events: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
         self._max_keys = max_keys
         self._clock = clock
 
-    def _window(self, key: str, window_s: float, now: float) -> deque[float]:
+    def _window(self, key: str, window_s: float, now: float, *, create: bool = True) -> deque[float]:
         events = self._events.get(key)
         if events is None:
+            if not create:
+                # Only hits store keys: looking up an unknown key must not evict a known one.
+                return deque()
             events = deque()
             self._events[key] = events
             while len(self._events) > self._max_keys:
@@ -76,12 +81,12 @@ class InMemoryRateLimiter(RateLimiter):
 
     def count(self, key: str, window_s: float) -> int:
         with self._lock:
-            return len(self._window(key, window_s, self._clock()))
+            return len(self._window(key, window_s, self._clock(), create=False))
 
     def retry_after(self, key: str, window_s: float) -> float:
         with self._lock:
             now = self._clock()
-            events = self._window(key, window_s, now)
+            events = self._window(key, window_s, now, create=False)
             return max(0.0, events[0] + window_s - now) if events else 0.0
 
     def reset(self, key: str) -> None:

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
+
+
+def _contains_nul(value: Any) -> bool:
+    """True when ``value`` or any string nested in it holds a NUL (iterative: JSON may nest deeply)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return False
 
 
 class ApiModel(BaseModel):
-    """Base of request and response bodies: unknown fields are refused, ORM objects readable."""
+    """Base of request and response bodies: unknown fields are refused, ORM objects readable.
+
+    Strings holding NUL characters are refused: PostgreSQL can store them neither in text nor in
+    JSONB columns, so letting one through would fail later, as a server error, on that backend only.
+    """
 
     model_config = ConfigDict(extra="forbid", from_attributes=True, str_strip_whitespace=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _refuse_nul(cls, value: Any) -> Any:
+        if _contains_nul(value):
+            raise ValueError("text must not contain NUL (\\x00) characters")
+        return value
 
 
 class PageParams(BaseModel):

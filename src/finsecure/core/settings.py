@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The placeholder secret. Accepted only when ``FINSECURE_ENV=development``.
@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     cors_origins: tuple[str, ...] = ()
     """Browser origins allowed to call the API; empty (the default) turns CORS off."""
 
+    datasets_dir: Path = Field(
+        default=Path("../shared/datasets"),
+        validation_alias=AliasChoices("FINSECURE_DATASETS", "FINSECURE_DATASETS_DIR", "datasets_dir"),
+    )
+    """Where the real evaluation datasets live (`FINSECURE_DATASETS` also works). Only evaluation and
+    benchmarks read them; the product never needs them."""
+
     admin_username: str = "admin"
     admin_password: SecretStr | None = None
     """Password for the first admin; when unset a one-time password is generated and printed."""
@@ -74,6 +81,9 @@ class Settings(BaseSettings):
             )
         if len(self.jwt_secret.get_secret_value()) < 32:
             raise ValueError("FINSECURE_JWT_SECRET must be at least 32 characters long")
+        # Previous secrets still verify tokens, so a short one is as forgeable as a short current one.
+        if any(len(s.get_secret_value()) < 32 for s in self.jwt_previous_secrets):
+            raise ValueError("every FINSECURE_JWT_PREVIOUS_SECRETS entry must be at least 32 characters long")
         return self
 
     @property
