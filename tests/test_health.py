@@ -62,19 +62,6 @@ def test_health__needs_no_credentials_and_sets_security_headers(client: TestClie
     assert response.headers["content-type"] == "application/json"
 
 
-def test_health__unmigrated_database_reports_no_revision(tmp_path: Path) -> None:
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    try:
-        with _client_for(engine) as test_client:
-            response = test_client.get("/api/health")
-    finally:
-        engine.dispose()
-    assert response.status_code == 200
-    body = response.json()
-    assert body["database"] == {"status": "ok", "detail": "sqlite"}
-    assert body["schema_revision"] is None
-
-
 @pytest.mark.parametrize("engine_fixture", ["unreachable_pg", "unopenable_sqlite"])
 def test_health__database_down_is_503_degraded(request: pytest.FixtureRequest, engine_fixture: str) -> None:
     engine: Engine = request.getfixturevalue(engine_fixture)
@@ -109,6 +96,7 @@ def test_health__recovers_when_database_comes_back(tmp_path: Path) -> None:
         with _client_for(engine) as test_client:
             assert test_client.get("/api/health").status_code == 503
             db_dir.mkdir()
+            migrate.upgrade(engine)
             response = test_client.get("/api/health")
     finally:
         engine.dispose()
@@ -120,3 +108,17 @@ def test_health__documented_in_openapi(client: TestClient) -> None:
     operation = client.get("/api/openapi.json").json()["paths"]["/api/health"]["get"]
     assert {"200", "503"} <= set(operation["responses"])
     assert "security" not in operation
+
+
+def test_health__unmigrated_database_is_degraded(tmp_path: Path) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    try:
+        with _client_for(engine) as test_client:
+            response = test_client.get("/api/health")
+    finally:
+        engine.dispose()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["database"]["status"] == "outdated"
+    assert "finsecure migrate" in body["database"]["detail"]

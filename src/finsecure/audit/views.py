@@ -11,6 +11,7 @@ from finsecure.audit import service as audit_service
 from finsecure.audit.schemas import AuditPage, AuditRead
 from finsecure.auth.deps import AdminUser
 from finsecure.core.deps import DbSession, Page
+from finsecure.core.schemas import MAX_ROW_ID
 
 router = APIRouter(prefix="/audit", tags=["audit"])
 
@@ -23,7 +24,7 @@ def list_audit(
     action: Annotated[str | None, Query(max_length=64)] = None,
     target_type: Annotated[str | None, Query(max_length=32)] = None,
     target_id: Annotated[str | None, Query(max_length=128)] = None,
-    actor_user_id: Annotated[int | None, Query(ge=1)] = None,
+    actor_user_id: Annotated[int | None, Query(ge=1, le=MAX_ROW_ID)] = None,
     since: dt.datetime | None = None,
     until: dt.datetime | None = None,
 ) -> AuditPage:

@@ -24,7 +24,8 @@ from finsecure.auth.schemas import (
     UserUpdate,
 )
 from finsecure.core.deps import Context, DbSession, Page, client_ip
-from finsecure.core.errors import BadRequest
+from finsecure.core.errors import BadRequest, Unauthorized
+from finsecure.core.schemas import RowId
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"])
 users_router = APIRouter(prefix="/users", tags=["users"])
@@ -40,6 +41,8 @@ def sign_in(
 ) -> TokenPair:
     if len(form.username) > 64 or len(form.password) > 256:
         raise BadRequest("Username or password is too long", code="bad_credentials_format")
+    if "\x00" in form.username or "\x00" in form.password:
+        raise Unauthorized("Wrong username or password", code="bad_credentials")
     user = auth_service.authenticate(
         db_session=db_session,
         settings=ctx.settings,
@@ -116,13 +119,13 @@ def create_user(
 
 
 @users_router.get("/{user_id}", response_model=UserRead, summary="One user")
-def get_user(user_id: int, _admin: AdminUser, db_session: DbSession) -> UserRead:
+def get_user(user_id: RowId, _admin: AdminUser, db_session: DbSession) -> UserRead:
     return UserRead.model_validate(auth_service.get_or_raise(db_session=db_session, user_id=user_id))
 
 
 @users_router.patch("/{user_id}", response_model=UserRead, summary="Change a user's role, status or password")
 def update_user(
-    user_id: int, body: UserUpdate, admin: AdminUser, request: Request, ctx: Context, db_session: DbSession
+    user_id: RowId, body: UserUpdate, admin: AdminUser, request: Request, ctx: Context, db_session: DbSession
 ) -> UserRead:
     user = auth_service.get_or_raise(db_session=db_session, user_id=user_id)
     updated = auth_service.update(
@@ -156,7 +159,9 @@ def create_api_key(
 
 
 @apikeys_router.delete("/{api_key_id}", response_model=ApiKeyRead, summary="Revoke an API key")
-def revoke_api_key(api_key_id: int, admin: AdminUser, request: Request, db_session: DbSession) -> ApiKeyRead:
+def revoke_api_key(
+    api_key_id: RowId, admin: AdminUser, request: Request, db_session: DbSession
+) -> ApiKeyRead:
     api_key = auth_service.get_api_key(db_session=db_session, api_key_id=api_key_id)
     revoked = auth_service.revoke_api_key(
         db_session=db_session, api_key=api_key, actor=user_actor(admin, request)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -46,6 +48,7 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+@functools.cache
 def head_revision() -> str | None:
     """The newest revision shipped with this version of the package."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()

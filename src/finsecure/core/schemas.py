@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Query
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, field_validator
 
 
@@ -39,6 +39,14 @@ class ApiModel(BaseModel):
         if _contains_nul(value):
             raise ValueError("text must not contain NUL (\\x00) characters")
         return value
+
+
+#: Largest row id the API accepts: ids are 32-bit on every table's API surface, so a larger number is a
+#: clear 422 instead of a driver overflow.
+MAX_ROW_ID = 2**31 - 1
+
+#: A row id in a URL path.
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="Row id")]
 
 
 class PageParams(BaseModel):

@@ -20,7 +20,7 @@ router = APIRouter(tags=["system"])
 
 
 class ComponentHealth(ApiModel):
-    status: Literal["ok", "down"]
+    status: Literal["ok", "outdated", "down"]
     detail: str | None = None
 
 
@@ -35,13 +35,20 @@ class Health(ApiModel):
     "/health",
     response_model=Health,
     responses={503: {"model": Health, "description": "A component is down"}},
-    summary="Is the platform up, and is its database reachable?",
+    summary="Is the platform up, and is its database reachable and up to date?",
 )
 def health(ctx: Context) -> JSONResponse:
     try:
         ping(ctx.engine)
         revision = migrate.current_revision(ctx.engine)
-        database = ComponentHealth(status="ok", detail=ctx.engine.dialect.name)
+        if revision == migrate.head_revision():
+            database = ComponentHealth(status="ok", detail=ctx.engine.dialect.name)
+        else:
+            database = ComponentHealth(
+                status="outdated",
+                detail=f"the database schema is at {revision or 'nothing'}, this version needs "
+                f"{migrate.head_revision()}: run `finsecure migrate`",
+            )
     except SQLAlchemyError as exc:
         logger.warning("health: database unreachable: %s", type(exc).__name__)
         revision = None
