@@ -101,7 +101,7 @@ def decode_access_token(settings: Settings, token: str) -> AccessClaims:
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("the access token has expired; refresh it or sign in again") from exc
         except jwt.PyJWTError as exc:
-            raise InvalidToken("the access token is malformed or not ours") from exc
+            raise InvalidToken("the access token is not valid") from exc
     if payload is None:
         raise InvalidToken("the access token signature does not match")
     if payload.get("type") != "access":
