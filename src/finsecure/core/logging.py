@@ -32,3 +32,5 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    # Alembic announces its context on every schema check (health); only its warnings matter here.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
