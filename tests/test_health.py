@@ -52,7 +52,7 @@ def test_health__database_up(client: TestClient, db_engine: Engine) -> None:
         "database": {"status": "ok", "detail": db_engine.dialect.name},
         "schema_revision": migrate.head_revision(),
     }
-    assert migrate.head_revision() == "0001"
+    assert migrate.head_revision() is not None
 
 
 def test_health__needs_no_credentials_and_sets_security_headers(client: TestClient) -> None:

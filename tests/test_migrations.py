@@ -20,6 +20,7 @@ EXPECTED_TABLES = {
     "alerts",
     "api_keys",
     "audit_log",
+    "dead_letters",
     "edges",
     "entities",
     "events",

@@ -50,6 +50,7 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("POST", "/api/apikeys"):                (401,    403,   403,    201,  401),
     ("DELETE", "/api/apikeys/{api_key_id}"): (401,    403,   403,    200,  401),
     ("GET", "/api/audit"):                   (401,    403,   403,    200,  401),
+    ("GET", "/api/events/search"):           (401,    200,   200,    200,  401),
 }  # fmt: skip
 
 
@@ -203,6 +204,9 @@ REQUESTS: dict[tuple[str, str], Callable[[Env, Caller], Request]] = {
     ),
     ("DELETE", "/api/apikeys/{api_key_id}"): lambda env, c: Request(f"/api/apikeys/{env.fresh_api_key_id()}"),
     ("GET", "/api/audit"): lambda env, c: Request("/api/audit", {"params": {"action": "user.create"}}),
+    ("GET", "/api/events/search"): lambda env, c: Request(
+        "/api/events/search", {"params": {"domain": "payment"}}
+    ),
 }
 
 

@@ -1,5 +1,7 @@
 from fastapi.testclient import TestClient
 
+from finsecure.core import migrate
+
 
 def test_health__database_up(client: TestClient) -> None:
     response = client.get("/api/health")
@@ -7,4 +9,4 @@ def test_health__database_up(client: TestClient) -> None:
     body = response.json()
     assert body["status"] == "ok"
     assert body["database"]["status"] == "ok"
-    assert body["schema_revision"] == "0001"
+    assert body["schema_revision"] == migrate.head_revision()

@@ -16,12 +16,20 @@ from finsecure.core.middleware import BodySizeLimitMiddleware, SecurityHeadersMi
 from finsecure.core.ratelimit import InMemoryRateLimiter
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
+from finsecure.event.views import router as events_router
 from finsecure.system.views import router as system_router
 
 API_PREFIX = "/api"
 
 #: Every router of the API, in the order they appear in the OpenAPI document.
-ROUTERS: tuple[APIRouter, ...] = (system_router, auth_router, users_router, apikeys_router, audit_router)
+ROUTERS: tuple[APIRouter, ...] = (
+    system_router,
+    auth_router,
+    users_router,
+    apikeys_router,
+    audit_router,
+    events_router,
+)
 
 
 def build_context(settings: Settings, engine: Engine | None = None) -> AppContext:

@@ -21,6 +21,7 @@ from finsecure.core.database import create_db_engine, make_session_factory, sess
 from finsecure.core.errors import Conflict, NotFound
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
+from finsecure.lake.cli import query_command
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,6 +35,7 @@ users_app = typer.Typer(help="Manage the people who sign in to the dashboard.", 
 apikeys_app = typer.Typer(help="Manage API keys for machines that push events.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 app.add_typer(apikeys_app, name="apikeys")
+app.command("query")(query_command)
 
 
 def _settings() -> Settings:

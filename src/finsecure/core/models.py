@@ -7,6 +7,7 @@ from finsecure.core.database import Base
 from finsecure.entity.models import Edge, Entity
 from finsecure.event.models import StoredEvent
 from finsecure.incident.models import Incident, IncidentAlert
+from finsecure.ingest.models import DeadLetter
 from finsecure.model.models import ModelVersion
 from finsecure.response.models import ResponseAction
 from finsecure.rule.models import Rule
@@ -18,6 +19,7 @@ __all__ = [
     "Alert",
     "ApiKey",
     "AuditEntry",
+    "DeadLetter",
     "Edge",
     "Entity",
     "Incident",
