@@ -35,6 +35,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import ipaddress
@@ -72,11 +73,13 @@ __all__ = [
     "Outcome",
     "PaymentChannel",
     "PaymentEvent",
+    "RowCheck",
     "SchemaError",
     "arrow_schema",
     "batch_to_events",
     "conform_batch",
     "events_to_batch",
+    "validate_rows",
 ]
 
 SCHEMA_VERSION = "1"
@@ -789,8 +792,21 @@ def _cast_column(domain: Domain, field: pa.Field, array: pa.Array) -> pa.Array:
 
 
 def _check_values(domain: Domain, name: str, array: pa.Array, rule: _ColumnRule) -> None:
+    for problem, bad in _violations(array, rule):
+        count = pc.sum(bad).as_py() or 0
+        if count:
+            first = pc.index(bad, True).as_py()
+            raise SchemaError(f"{domain} column {name!r}: {count} value(s) {problem} (first at row {first})")
+
+
+def _violations(array: pa.Array, rule: _ColumnRule) -> list[tuple[str, pa.Array]]:
+    """Every rule of a column as ``(problem, mask)``: the mask is true (never null) on each breaking row.
+
+    Shared by `conform_batch` (which raises on the first problem) and `validate_rows` (which reports
+    every row), so the two cannot drift apart.
+    """
     if len(array) == 0 or array.null_count == len(array):
-        return
+        return []
     checks: list[tuple[str, pa.Array]] = []
     if pa.types.is_floating(array.type):
         checks.append(("not a finite number", pc.invert(pc.is_finite(array))))
@@ -798,7 +814,7 @@ def _check_values(domain: Domain, name: str, array: pa.Array, rule: _ColumnRule)
         checks.append((f"below {_num(rule.min_value)}", pc.less(array, rule.min_value)))
     if rule.max_value is not None and (pa.types.is_integer(array.type) or pa.types.is_floating(array.type)):
         checks.append((f"above {_num(rule.max_value)}", pc.greater(array, rule.max_value)))
-    if pa.types.is_string(array.type):
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
         if rule.min_length is not None or rule.max_length is not None:
             lengths = pc.utf8_length(array)
             if rule.min_length is not None:
@@ -814,12 +830,110 @@ def _check_values(domain: Domain, name: str, array: pa.Array, rule: _ColumnRule)
             )
         checks.extend((value_rule.message, value_rule.violations(array)) for value_rule in rule.value_rules)
     valid = pc.is_valid(array)
-    for problem, mask in checks:
-        bad = pc.fill_null(pc.and_(mask, valid), False)
-        count = pc.sum(bad).as_py() or 0
-        if count:
-            first = pc.index(bad, True).as_py()
-            raise SchemaError(f"{domain} column {name!r}: {count} value(s) {problem} (first at row {first})")
+    return [(problem, pc.fill_null(pc.and_(mask, valid), False)) for problem, mask in checks]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RowCheck:
+    """The verdict of `validate_rows`: which rows to keep and, for the others, why not.
+
+    Attributes
+    ----------
+    keep
+        Boolean array, one entry per row, true where the row passes every rule.
+    reasons
+        String array, one entry per row: null where kept, otherwise every problem as
+        ``"field: problem"`` joined by ``"; "``. Reasons name fields, never values.
+    """
+
+    keep: pa.Array
+    reasons: pa.Array
+
+    @property
+    def rejected(self) -> int:
+        """How many rows break a rule."""
+        return len(self.keep) - (pc.sum(self.keep).as_py() or 0)
+
+
+def validate_rows(domain: Domain | str, data: pa.RecordBatch | pa.Table) -> RowCheck:
+    """Check every row against the domain's value rules, without raising for bad rows.
+
+    The row-level twin of `conform_batch`: the same rules (required columns, bounds, lengths,
+    allowed values, finite numbers, formats, no raw card numbers), but instead of stopping at the
+    first problem it says which rows break a rule and why, so a normaliser can reject those rows
+    one by one and keep the rest. Text columns may be ``large_string`` (as Polars exports them).
+
+    Parameters
+    ----------
+    domain
+        The domain of every row.
+    data
+        Canonical columns (any subset, any order), e.g. ``polars.DataFrame.to_arrow()``.
+
+    Returns
+    -------
+    RowCheck
+        The keep mask and the per-row reasons.
+
+    Raises
+    ------
+    SchemaError
+        For problems of the whole batch rather than of rows, as `conform_batch` does: unknown,
+        duplicate or missing required columns, impossible casts, a ``ts`` without time zone.
+
+    Examples
+    --------
+    >>> raw = pa.table({
+    ...     "event_id": ["a", "b", None],
+    ...     "ts": pa.array([0, 0, 0], pa.timestamp("s", tz="UTC")),
+    ...     "source": ["s", "s", "s"],
+    ...     "lat": [10.0, 91.2, 0.0],
+    ... })
+    >>> check = validate_rows("auth", raw)
+    >>> check.keep.to_pylist(), check.reasons.to_pylist()
+    ([True, False, False], [None, 'lat: above 90', 'event_id: missing'])
+    """
+    domain = _as_domain(domain)
+    schema = ARROW_SCHEMAS[domain]
+    rules = _COLUMN_RULES[domain]
+    names: list[str] = list(data.schema.names)
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise SchemaError(f"{domain} batch has duplicate column(s): {', '.join(duplicates)}")
+    unknown = sorted(set(names) - set(schema.names))
+    if unknown:
+        raise SchemaError(f"{domain} batch has unknown column(s): {', '.join(unknown)}")
+    missing = [
+        field.name
+        for field in schema
+        if not field.nullable and field.name not in names and rules[field.name].default is None
+    ]
+    if missing:
+        raise SchemaError(f"{domain} batch is missing required column(s): {', '.join(missing)}")
+
+    parts: list[pa.Array] = []
+    for field in schema:
+        if field.name not in names:
+            continue
+        array = _as_array(data.column(field.name))
+        if not (pa.types.is_large_string(array.type) and pa.types.is_string(field.type)):
+            array = _cast_column(domain, field, array)
+        problems = _violations(array, rules[field.name])
+        if not field.nullable and array.null_count:
+            problems.insert(0, ("missing", pc.is_null(array)))
+        for problem, bad in problems:
+            if pc.any(bad).as_py():
+                parts.append(
+                    pc.if_else(bad, pa.scalar(f"{field.name}: {problem}"), pa.scalar(None, pa.string()))
+                )
+    num_rows: int = data.num_rows
+    if not parts:
+        return RowCheck(keep=pa.repeat(pa.scalar(True), num_rows), reasons=pa.nulls(num_rows, pa.string()))
+    reasons = parts[0]
+    for part in parts[1:]:
+        # join where both have a reason, else whichever has one (null_handling="skip" drops rows)
+        reasons = pc.coalesce(pc.binary_join_element_wise(reasons, part, "; "), reasons, part)
+    return RowCheck(keep=pc.is_null(reasons), reasons=reasons)
 
 
 def _num(value: float) -> str:

@@ -1,0 +1,733 @@
+"""Streaming readers of raw files: CSV, NDJSON, JSON record files and Parquet, in chunks.
+
+Every reader yields :class:`RawChunk` objects: a Polars frame of raw records (at most ``chunk_rows``
+rows) whose :data:`OFFSET_COLUMN` holds each record's position in the source, plus dead letters for
+records that could not even be parsed. Compression is told by magic bytes, not by the file name:
+gzip files are decompressed on the fly; zip and tar archives are read member by member (offsets
+keep counting across members).
+
+Offsets count from 0: the data row for CSV (header excluded), the line for NDJSON (blank lines
+included), the record for JSON record files, the row for Parquet.
+
+The NDJSON reader has a fast path (Polars parses a whole chunk at once) and a slow path, taken
+only for a chunk that Polars refuses: each line is checked on its own, and lines that are not
+valid UTF-8, not valid JSON, not a JSON object, or longer than ``max_line_bytes`` become dead
+letters with their line number while every good line of the chunk is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import tarfile
+import typing
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from finsecure.ingest.deadletter import MAX_RAW_CHARS, dead_letters
+from finsecure.ingest.mapping import ReadSpec
+
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "DEFAULT_MAX_LINE_BYTES",
+    "OFFSET_COLUMN",
+    "RawChunk",
+    "ReadError",
+    "compression_of",
+    "parse_records",
+    "read_csv",
+    "read_json_records",
+    "read_ndjson",
+    "read_parquet",
+    "read_raw",
+]
+
+OFFSET_COLUMN = "__offset__"
+"""Column every raw chunk carries: the record's position in its source (Int64)."""
+
+DEFAULT_CHUNK_ROWS = 100_000
+DEFAULT_MAX_LINE_BYTES = 1 << 20
+"""A JSON line longer than this (1 MiB) is rejected without being parsed."""
+
+_READ_SIZE = 8 << 20
+_BOM = b"\xef\xbb\xbf"
+_BLANK_CANDIDATE_BYTES = 16
+
+
+class ReadError(ValueError):
+    """A file that cannot be read at all (missing, unreadable CSV structure); names the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawChunk:
+    """Raw records of one chunk.
+
+    Attributes
+    ----------
+    frame
+        The records as read (columns as in the source, all text for CSV), plus :data:`OFFSET_COLUMN`.
+    first_offset
+        Offset of the first record the chunk covers (also of rejected ones).
+    offset_end
+        Offset just after the last record the chunk covers: where to resume.
+    rejects
+        Dead letters (``finsecure.ingest.deadletter`` shape) of records that could not be parsed.
+    """
+
+    frame: pl.DataFrame
+    first_offset: int
+    offset_end: int
+    rejects: pa.Table | None = None
+
+
+_Reject = tuple[int, str, bytes | str | None]
+
+
+def compression_of(head: bytes) -> str | None:
+    """Name the container format from a file's first bytes (``gzip``, ``zip``, ``tar``) or ``None``.
+
+    >>> compression_of(b"\\x1f\\x8b\\x08\\x00"), compression_of(b"PK\\x03\\x04"), compression_of(b'{"a": 1}')
+    ('gzip', 'zip', None)
+    """
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[257:262] == b"ustar":
+        return "tar"
+    return None
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[list[tuple[str, IO[bytes], str | None]]]:
+    """The decompressed byte streams of a file: itself, its gzip content, or each archive member."""
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise ReadError(f"{path}: cannot open: {exc.strerror}") from None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(raw)
+        kind = compression_of(raw.read(512))
+        raw.seek(0)
+        if kind == "gzip":
+            unzipped = typing.cast("IO[bytes]", gzip.GzipFile(fileobj=raw))
+            stack.callback(unzipped.close)
+            yield [(str(path), unzipped, kind)]
+        elif kind == "zip":
+            archive = stack.enter_context(zipfile.ZipFile(raw))
+            names = [info.filename for info in archive.infolist() if not info.is_dir()]
+            yield [(f"{path}!{name}", stack.enter_context(archive.open(name)), kind) for name in names]
+        elif kind == "tar":
+            tar = stack.enter_context(tarfile.open(fileobj=raw))
+            members: list[tuple[str, IO[bytes], str | None]] = []
+            for member in tar.getmembers():
+                handle = tar.extractfile(member) if member.isfile() else None
+                if handle is not None:
+                    members.append((f"{path}!{member.name}", stack.enter_context(handle), kind))
+            yield members
+        else:
+            yield [(str(path), raw, None)]
+
+
+def _with_offsets(frame: pl.DataFrame, offsets: np.ndarray[Any, Any] | range | list[int]) -> pl.DataFrame:
+    series = pl.Series(OFFSET_COLUMN, np.asarray(offsets, dtype=np.int64))
+    if frame.width == 0:
+        return series.to_frame()
+    return frame.with_columns(series)
+
+
+def _rejects(source: str, rejects: list[_Reject]) -> pa.Table | None:
+    if not rejects:
+        return None
+    return dead_letters(
+        source=source,
+        reasons=[reason for _, reason, _ in rejects],
+        offsets=[offset for offset, _, _ in rejects],
+        raws=[raw for _, _, raw in rejects],
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# CSV
+# ------------------------------------------------------------------------------------------------
+
+
+def read_csv(
+    path: str | Path,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    separator: str = ",",
+    header: bool = True,
+    columns: tuple[str, ...] | None = None,
+    source: str | None = None,
+) -> Iterator[RawChunk]:
+    """Read a CSV file (plain, gzip, or each member of a zip/tar) in chunks, every column as text.
+
+    Reading everything as text keeps one odd value from breaking a whole file: the mapping's casts
+    turn text into numbers and reject the rows where that fails. Rows with invalid UTF-8 become
+    dead letters.
+
+    Raises
+    ------
+    ReadError
+        When the file is missing or its CSV structure is broken (e.g. an unclosed quote).
+    """
+    path = Path(path)
+    name = source or str(path)
+    offset = 0
+    with _opened(path) as streams:
+        for label, stream, kind in streams:
+            # Polars decompresses gzip itself (faster than Python's gzip); archives go through memory.
+            target: str | bytes = str(path) if kind in (None, "gzip") else stream.read()
+            scan = pl.scan_csv(
+                target,
+                has_header=header,
+                separator=separator,
+                new_columns=list(columns) if columns else None,
+                infer_schema=False,
+                encoding="utf8-lossy",
+                row_index_name=OFFSET_COLUMN,
+                row_index_offset=offset,
+                raise_if_empty=False,
+            )
+            try:
+                for batch in scan.collect_batches(chunk_size=chunk_rows):
+                    if batch.height == 0:
+                        continue
+                    frame = batch.with_columns(pl.col(OFFSET_COLUMN).cast(pl.Int64))
+                    first = int(frame[OFFSET_COLUMN][0])
+                    offset = int(frame[OFFSET_COLUMN][-1]) + 1
+                    frame, rejects = _drop_invalid_utf8(frame, name)
+                    yield RawChunk(frame, first, offset, rejects)
+            except pl.exceptions.PolarsError as exc:
+                raise ReadError(f"{label}: cannot read CSV after row {offset}: {exc}") from None
+
+
+def _drop_invalid_utf8(frame: pl.DataFrame, source: str) -> tuple[pl.DataFrame, pa.Table | None]:
+    """Rows where lossy decoding left U+FFFD were not valid UTF-8: dead letters, not silent edits."""
+    text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    if not text:
+        return frame, None
+    bad = frame.select(pl.any_horizontal(pl.col(text).str.contains("\ufffd", literal=True)).fill_null(False))
+    mask = bad.to_series()
+    if not mask.any():
+        return frame, None
+    rejected = frame.filter(mask)
+    table = dead_letters(
+        source=source,
+        reasons=["not valid UTF-8"] * rejected.height,
+        offsets=rejected[OFFSET_COLUMN].to_list(),
+        raws=rejected.drop(OFFSET_COLUMN).write_ndjson().split("\n")[:-1],
+    )
+    return frame.filter(~mask), table
+
+
+# ------------------------------------------------------------------------------------------------
+# NDJSON
+# ------------------------------------------------------------------------------------------------
+
+
+def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[bytes, int, int] | _Reject]:
+    """Split a byte stream into blocks of whole lines, ``(blob, first_line, line_count)``.
+
+    A line longer than ``max_line_bytes`` that does not fit in one read is skipped as it streams
+    past (never held in memory whole) and reported as ``(line, reason, head)``.
+    """
+    line_no = 0
+    carry = b""
+    skipping: tuple[int, bytes] | None = None
+    first = True
+    while True:
+        data = stream.read(_READ_SIZE)
+        if first:
+            data = data.removeprefix(_BOM)
+            first = False
+        if not data:
+            if skipping is not None:
+                yield (line_no, _too_long(skipping[0], max_line_bytes), skipping[1])
+            elif carry:
+                yield (carry + b"\n", line_no, 1)
+            return
+        if skipping is not None:
+            newline = data.find(b"\n")
+            if newline < 0:
+                skipping = (skipping[0] + len(data), skipping[1])
+                continue
+            yield (line_no, _too_long(skipping[0] + newline, max_line_bytes), skipping[1])
+            line_no += 1
+            skipping = None
+            data = data[newline + 1 :]
+        last = data.rfind(b"\n")
+        if last < 0:
+            carry += data
+        else:
+            blob = carry + data[: last + 1]
+            carry = data[last + 1 :]
+            count = blob.count(b"\n")
+            yield (blob, line_no, count)
+            line_no += count
+        if len(carry) > max_line_bytes:
+            skipping = (len(carry), carry[:MAX_RAW_CHARS])
+            carry = b""
+
+
+def _too_long(size: int, limit: int) -> str:
+    return f"line is {size:,} bytes, over the limit of {limit:,}"
+
+
+def read_ndjson(
+    path: str | Path,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    records_path: str | None = None,
+    source: str | None = None,
+) -> Iterator[RawChunk]:
+    """Read newline-delimited JSON in chunks of at most ``chunk_rows`` lines.
+
+    With ``records_path`` (e.g. ``Records``), a line holding a list of records there (a CloudTrail
+    file) yields those records; offsets then count records instead of lines.
+    """
+    path = Path(path)
+    name = source or str(path)
+    state = _NdjsonState(name, chunk_rows, max_line_bytes, records_path)
+    with _opened(path) as streams:
+        for _, stream, _ in streams:
+            yield from state.feed(stream)
+    yield from state.finish()
+
+
+class _NdjsonState:
+    """Groups line blocks into chunks and keeps the offsets going across archive members."""
+
+    def __init__(self, source: str, chunk_rows: int, max_line_bytes: int, records_path: str | None) -> None:
+        self.source = source
+        self.chunk_rows = chunk_rows
+        self.max_line_bytes = max_line_bytes
+        self.records_path = records_path
+        self.base = 0  # lines of earlier archive members
+        self.next_record = 0  # records yielded so far, for records_path offsets
+        self.pending: list[bytes] = []
+        self.pending_lines = 0
+        self.pending_first = 0
+        self.rejects: list[_Reject] = []
+        self.end = 0
+
+    def feed(self, stream: IO[bytes]) -> Iterator[RawChunk]:
+        lines_seen = 0
+        for item in _line_blocks(stream, self.max_line_bytes):
+            if isinstance(item[0], int):
+                line, reason, head = item
+                yield from self.flush(force=True)
+                self.rejects.append((self.base + line, reason, head))
+                lines_seen = line + 1
+                self.pending_first = self.base + lines_seen
+                continue
+            blob, first_line, count = item
+            if not self.pending:
+                self.pending_first = self.base + first_line
+            self.pending.append(blob)
+            self.pending_lines += count
+            lines_seen = first_line + count
+            yield from self.flush(force=False)
+        yield from self.flush(force=True)
+        self.base += lines_seen
+        self.pending_first = self.base
+
+    def flush(self, *, force: bool) -> Iterator[RawChunk]:
+        if self.pending_lines < self.chunk_rows and not force:
+            return
+        if not self.pending:
+            return
+        blob = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        first = self.pending_first
+        self.pending, self.pending_lines = [], 0
+        ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
+        start = 0
+        for cut in range(self.chunk_rows, len(ends) + self.chunk_rows, self.chunk_rows):
+            if cut > len(ends) and not force:
+                # keep the incomplete tail for the next block
+                self.pending = [blob[start:]]
+                self.pending_lines = len(ends) - (cut - self.chunk_rows)
+                self.pending_first = first + cut - self.chunk_rows
+                return
+            stop = int(ends[min(cut, len(ends)) - 1]) + 1
+            yield self.chunk(blob[start:stop], first + cut - self.chunk_rows)
+            start = stop
+
+    def chunk(self, blob: bytes, first_line: int) -> RawChunk:
+        frame, rejects = _parse_lines(blob, first_line, self.max_line_bytes)
+        rejects = self.rejects + rejects
+        self.rejects = []
+        line_end = first_line + blob.count(b"\n")
+        if self.records_path is not None:
+            frame, first, end = _unwrap_records(frame, self.records_path, self.next_record)
+            self.next_record = end
+        else:
+            first, end = first_line, line_end
+        self.end = end
+        return RawChunk(frame, first, end, _rejects(self.source, rejects))
+
+    def finish(self) -> Iterator[RawChunk]:
+        if self.rejects:
+            yield RawChunk(
+                _with_offsets(pl.DataFrame(), []), self.end, self.end, _rejects(self.source, self.rejects)
+            )
+            self.rejects = []
+
+
+def _parse_lines(blob: bytes, first_line: int, max_line_bytes: int) -> tuple[pl.DataFrame, list[_Reject]]:
+    """Parse whole lines of NDJSON (``blob`` ends with a newline): fast path, else line by line."""
+    ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
+    if len(ends) == 0:
+        return _with_offsets(pl.DataFrame(), []), []
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    starts[1:] = ends[:-1] + 1
+    lengths = ends - starts
+    if not (lengths > max_line_bytes).any():
+        try:
+            frame = pl.read_ndjson(blob, infer_schema_length=None)
+        except pl.exceptions.PolarsError:
+            frame = None
+        if frame is not None:
+            if frame.height == len(ends):
+                return _with_offsets(frame, range(first_line, first_line + len(ends))), []
+            # Polars skips blank lines: find them among the short lines to keep offsets exact.
+            short = np.flatnonzero(lengths <= _BLANK_CANDIDATE_BYTES)
+            blank = [int(i) for i in short if not blob[starts[i] : ends[i]].strip()]
+            kept = np.delete(np.arange(len(ends)), blank)
+            if frame.width and len(kept) == frame.height:
+                return _with_offsets(frame, kept + first_line), []
+    return _parse_lines_slowly(blob, starts, ends, first_line, max_line_bytes)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bool):
+        return "true/false"
+    return "a number"
+
+
+def _check_line(line: bytes, max_line_bytes: int) -> tuple[dict[str, Any] | None, str | None]:
+    """One raw line as a JSON object, or the reason it is not one (never echoing its content)."""
+    if len(line) > max_line_bytes:
+        return None, _too_long(len(line), max_line_bytes)
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not valid UTF-8 (at byte {exc.start + 1})"
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc.msg} (column {exc.colno})"
+    except ValueError as exc:  # NaN / Infinity, or a number Python cannot hold
+        return None, f"not valid JSON: {exc}"
+    except RecursionError:
+        return None, "not valid JSON: nested too deeply"
+    if not isinstance(value, dict):
+        return None, f"not a JSON object but {_json_kind(value)}"
+    return value, None
+
+
+def _parse_lines_slowly(
+    blob: bytes,
+    starts: np.ndarray[Any, Any],
+    ends: np.ndarray[Any, Any],
+    first_line: int,
+    max_line_bytes: int,
+) -> tuple[pl.DataFrame, list[_Reject]]:
+    rejects: list[_Reject] = []
+    good_lines: list[bytes] = []
+    objects: list[dict[str, Any]] = []
+    offsets: list[int] = []
+    for index, (start, end) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        line = blob[start:end]
+        if end - start <= max_line_bytes and not line.strip():
+            continue
+        value, reason = _check_line(line, max_line_bytes)
+        if value is None:
+            rejects.append((first_line + index, reason or "unreadable", line[:MAX_RAW_CHARS]))
+            continue
+        good_lines.append(line)
+        objects.append(value)
+        offsets.append(first_line + index)
+    return _with_offsets(_frame_of(good_lines, objects), offsets), rejects
+
+
+def _frame_of(lines: list[bytes], objects: list[dict[str, Any]]) -> pl.DataFrame:
+    """A frame of records that are each valid JSON objects, even when their types clash."""
+    if not objects:
+        return pl.DataFrame()
+    try:
+        frame = pl.read_ndjson(b"\n".join(lines), infer_schema_length=None)
+        if frame.height == len(objects):
+            return frame
+    except pl.exceptions.PolarsError:
+        pass
+    # Types that clash across records (a list here, a number there) or numbers Polars cannot hold:
+    # keep every value as text (nested values as JSON text); the mapping's casts sort them out.
+    keys = list(dict.fromkeys(key for obj in objects for key in obj))
+    if not keys:
+        return pl.DataFrame()
+    return pl.DataFrame(
+        {key: [_as_text(obj.get(key)) for obj in objects] for key in keys},
+        schema=dict.fromkeys(keys, pl.String),
+    )
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _field_dtype(struct: pl.Struct, name: str) -> pl.DataType:
+    dtype = next(f.dtype for f in struct.fields if f.name == name)
+    return dtype if isinstance(dtype, pl.DataType) else dtype()
+
+
+def _unwrap_records(
+    frame: pl.DataFrame, records_path: str, next_record: int
+) -> tuple[pl.DataFrame, int, int]:
+    """Replace documents that hold a list of records at ``records_path`` by those records."""
+    first, *rest = records_path.split(".")
+    body = frame.drop(OFFSET_COLUMN)
+    expr = pl.col(first)
+    dtype: pl.DataType | None = body.schema.get(first)
+    for part in rest:
+        if not isinstance(dtype, pl.Struct) or part not in {f.name for f in dtype.fields}:
+            dtype = None
+            break
+        dtype = _field_dtype(dtype, part)
+        expr = expr.struct.field(part)
+    if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+        envelopes = body.select(expr.alias("__records")).explode("__records")
+        records = envelopes.filter(pl.col("__records").is_not_null()).unnest("__records")
+        flat = body.filter(expr.is_null()).drop(first)
+        if flat.height and flat.width:
+            records = pl.concat([records, flat], how="diagonal_relaxed")
+    else:
+        records = body
+    end = next_record + records.height
+    return _with_offsets(records, range(next_record, end)), next_record, end
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole JSON documents and in-memory bodies
+# ------------------------------------------------------------------------------------------------
+
+
+def _parse_document(
+    data: bytes, *, records_path: str | None, max_line_bytes: int
+) -> tuple[pl.DataFrame, list[_Reject]]:
+    """A JSON array, a JSON document holding records at ``records_path``, or NDJSON."""
+    data = data.removeprefix(_BOM)
+    stripped = data.lstrip()
+    if stripped.startswith(b"["):
+        frame, rejects = _parse_array(data)
+    else:
+        blob = data if data.endswith(b"\n") else data + b"\n"
+        frame, rejects = _parse_lines(blob, 0, max_line_bytes)
+        if rejects and frame.height == 0 and stripped.startswith(b"{"):
+            # perhaps one pretty-printed document rather than one per line
+            value, _ = _check_line(data, max(max_line_bytes, len(data)))
+            if value is not None:
+                frame, rejects = _with_offsets(_frame_of([json.dumps(value).encode()], [value]), [0]), []
+    if records_path is not None:
+        frame, _, _ = _unwrap_records(frame, records_path, 0)
+    return frame, rejects
+
+
+def _parse_array(data: bytes) -> tuple[pl.DataFrame, list[_Reject]]:
+    with contextlib.suppress(pl.exceptions.PolarsError):
+        frame = pl.read_json(data, infer_schema_length=None)
+        if frame.width and not any(name == "" for name in frame.columns):
+            return _with_offsets(frame, range(frame.height)), []
+    try:
+        values = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        reason = (
+            f"not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+            if isinstance(exc, json.JSONDecodeError)
+            else f"not valid JSON: {exc}"
+        )
+        return _with_offsets(pl.DataFrame(), []), [(0, reason, data[:MAX_RAW_CHARS])]
+    rejects: list[_Reject] = []
+    objects: list[dict[str, Any]] = []
+    offsets: list[int] = []
+    for index, value in enumerate(values):
+        if isinstance(value, dict):
+            objects.append(value)
+            offsets.append(index)
+        else:
+            rejects.append((index, f"not a JSON object but {_json_kind(value)}", json.dumps(value)))
+    lines = [json.dumps(obj).encode() for obj in objects]
+    return _with_offsets(_frame_of(lines, objects), offsets), rejects
+
+
+def parse_records(
+    body: bytes,
+    *,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    records_path: str | None = None,
+    source: str = "http",
+) -> tuple[pl.DataFrame, pa.Table]:
+    """Parse an in-memory body of NDJSON, a JSON array of objects, or one JSON object.
+
+    A gzip body is decompressed first. Offsets (:data:`OFFSET_COLUMN`) are line numbers for NDJSON
+    and positions in the array otherwise. Bad records become dead letters; good ones are kept.
+
+    Examples
+    --------
+    >>> frame, rejects = parse_records(b'{"a": 1}\\nnot json\\n{"a": 2}\\n')
+    >>> frame["a"].to_list(), frame[OFFSET_COLUMN].to_list()
+    ([1, 2], [0, 2])
+    >>> rejects.column("offset").to_pylist(), rejects.column("reason").to_pylist()
+    ([1], ['not valid JSON: Expecting value (column 1)'])
+    """
+    if compression_of(body[:512]) == "gzip":
+        try:
+            body = gzip.decompress(body)
+        except (OSError, EOFError):
+            return _with_offsets(pl.DataFrame(), []), _rejects(
+                source, [(0, "broken gzip data", None)]
+            ) or _empty()
+    frame, rejects = _parse_document(body, records_path=records_path, max_line_bytes=max_line_bytes)
+    return frame, _rejects(source, rejects) or _empty()
+
+
+def _empty() -> pa.Table:
+    return dead_letters(source="", reasons=[], offsets=[], raws=[])
+
+
+def read_json_records(
+    path: str | Path,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    records_path: str | None = None,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    source: str | None = None,
+) -> Iterator[RawChunk]:
+    """Read JSON record files: an array of objects, documents holding records at ``records_path``
+    (CloudTrail's ``{"Records": [...]}``), one per line or pretty-printed, or plain NDJSON.
+
+    A file whose first line is a whole JSON document streams like NDJSON; otherwise the whole
+    document is read into memory (CloudTrail files are small).
+    """
+    path = Path(path)
+    name = source or str(path)
+    offset = 0
+    with _opened(path) as streams:
+        for _, stream, _ in streams:
+            head = stream.read(64 << 10)
+            first_line = head.removeprefix(_BOM).split(b"\n", 1)[0]
+            whole_line, _ = _check_line(first_line, len(first_line) + 1) if b"\n" in head else (None, None)
+            rest = stream.read()
+            if whole_line is not None and head.lstrip().startswith(b"{"):
+                state = _NdjsonState(name, chunk_rows, max_line_bytes, records_path)
+                state.next_record = offset
+                yield from state.feed(io.BytesIO(head + rest))
+                yield from state.finish()
+                offset = state.end
+                continue
+            frame, rejects = _parse_document(
+                head + rest, records_path=records_path, max_line_bytes=max_line_bytes
+            )
+            frame = frame.with_columns(pl.col(OFFSET_COLUMN) + offset)
+            rejects = [(o + offset, reason, raw) for o, reason, raw in rejects]
+            total = max(frame.height, 1)
+            for start in range(0, total, chunk_rows):
+                part = frame.slice(start, chunk_rows)
+                first = offset + start
+                yield RawChunk(
+                    part, first, offset + min(start + chunk_rows, frame.height), _rejects(name, rejects)
+                )
+                rejects = []
+            offset += frame.height
+
+
+# ------------------------------------------------------------------------------------------------
+# Parquet
+# ------------------------------------------------------------------------------------------------
+
+
+def read_parquet(
+    path: str | Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, source: str | None = None
+) -> Iterator[RawChunk]:
+    """Read a Parquet file (or a gzip-compressed or archived one) in chunks of rows."""
+    path = Path(path)
+    offset = 0
+    with _opened(path) as streams:
+        for label, stream, kind in streams:
+            target: str | bytes = str(path) if kind is None else stream.read()
+            scan = pl.scan_parquet(target, row_index_name=OFFSET_COLUMN, row_index_offset=offset)
+            try:
+                for batch in scan.collect_batches(chunk_size=chunk_rows):
+                    if batch.height == 0:
+                        continue
+                    frame = batch.with_columns(pl.col(OFFSET_COLUMN).cast(pl.Int64))
+                    first = offset
+                    offset = int(frame[OFFSET_COLUMN][-1]) + 1
+                    yield RawChunk(frame, first, offset)
+            except pl.exceptions.PolarsError as exc:
+                raise ReadError(f"{label}: cannot read Parquet after row {offset}: {exc}") from None
+
+
+def read_raw(
+    path: str | Path,
+    read: ReadSpec,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    source: str | None = None,
+) -> Iterator[RawChunk]:
+    """Read a raw file the way a mapping's ``read`` section says."""
+    if read.format == "csv":
+        return read_csv(
+            path,
+            chunk_rows=chunk_rows,
+            separator=read.separator,
+            header=read.header,
+            columns=read.columns,
+            source=source,
+        )
+    if read.format == "ndjson":
+        return read_ndjson(
+            path,
+            chunk_rows=chunk_rows,
+            max_line_bytes=max_line_bytes,
+            records_path=read.records_path,
+            source=source,
+        )
+    if read.format == "json-records":
+        return read_json_records(
+            path,
+            chunk_rows=chunk_rows,
+            records_path=read.records_path,
+            max_line_bytes=max_line_bytes,
+            source=source,
+        )
+    return read_parquet(path, chunk_rows=chunk_rows, source=source)

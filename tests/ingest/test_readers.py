@@ -1,0 +1,234 @@
+"""Readers: chunking, compression by magic bytes, and bad NDJSON lines isolated into dead letters."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+import zipfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from finsecure.ingest.mapping import ReadSpec
+from finsecure.ingest.readers import (
+    OFFSET_COLUMN,
+    RawChunk,
+    ReadError,
+    compression_of,
+    parse_records,
+    read_csv,
+    read_json_records,
+    read_ndjson,
+    read_parquet,
+    read_raw,
+)
+
+
+def _collect(chunks: list[RawChunk]) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    frames = [c.frame for c in chunks if c.frame.height]
+    rejects = [
+        (offset, reason)
+        for c in chunks
+        if c.rejects is not None
+        for offset, reason in zip(
+            c.rejects.column("offset").to_pylist(), c.rejects.column("reason").to_pylist(), strict=True
+        )
+    ]
+    return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), sorted(rejects)
+
+
+def test_compression_of__magic_bytes_not_names() -> None:
+    assert compression_of(gzip.compress(b"x")) == "gzip"
+    assert compression_of(b"PK\x03\x04rest") == "zip"
+    assert compression_of(b"\0" * 257 + b"ustar\0") == "tar"
+    assert compression_of(b"a,b\n1,2\n") is None
+
+
+def test_read_csv__chunks_offsets_and_text_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n" + "".join(f"{i},x{i}\n" for i in range(25)))
+    chunks = list(read_csv(path, chunk_rows=10))
+    assert [c.frame.height for c in chunks] == [10, 10, 5]
+    assert [(c.first_offset, c.offset_end) for c in chunks] == [(0, 10), (10, 20), (20, 25)]
+    assert chunks[1].frame[OFFSET_COLUMN].to_list() == list(range(10, 20))
+    assert chunks[0].frame.schema["a"] == pl.String
+
+
+def test_read_csv__gzip_detected_without_gz_name(tmp_path: Path) -> None:
+    path = tmp_path / "plain-looking.csv"
+    path.write_bytes(gzip.compress(b"a,b\n1,2\n3,4\n"))
+    frame, _ = _collect(list(read_csv(path)))
+    assert frame["a"].to_list() == ["1", "3"]
+
+
+def test_read_csv__headerless_with_names_and_separator(tmp_path: Path) -> None:
+    path = tmp_path / "t.txt"
+    path.write_text("1;x\n2;y\n")
+    frame, _ = _collect(list(read_csv(path, header=False, columns=("n", "s"), separator=";")))
+    assert frame.select("n", "s").rows() == [("1", "x"), ("2", "y")]
+
+
+def test_read_csv__invalid_utf8_row_is_dead_letter(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"a,b\n1,ok\n2,bad\xff\n3,ok\n")
+    chunks = list(read_csv(path))
+    frame, rejects = _collect(chunks)
+    assert frame["a"].to_list() == ["1", "3"]
+    assert rejects == [(1, "not valid UTF-8")]
+
+
+def test_read_csv__missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ReadError, match=r"absent\.csv: cannot open"):
+        list(read_csv(tmp_path / "absent.csv"))
+
+
+def test_read_csv__zip_members_keep_counting(tmp_path: Path) -> None:
+    path = tmp_path / "t.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("one.csv", "a\n1\n2\n")
+        archive.writestr("two.csv", "a\n3\n")
+    frame, _ = _collect(list(read_csv(path)))
+    assert frame["a"].to_list() == ["1", "2", "3"]
+    assert frame[OFFSET_COLUMN].to_list() == [0, 1, 2]
+
+
+BAD_NDJSON = (
+    b"\n".join(
+        [
+            b'{"id": 0, "v": 1}',
+            b'{"id": 1, "v": ',  # broken JSON
+            b"[1, 2]",  # not an object
+            b"",  # blank: skipped, still counted
+            b'{"id": 4, "v": "\xff"}',  # invalid UTF-8
+            b'{"id": 5, "v": NaN}',  # NaN is not JSON
+            b'{"id": 6, "v": "' + b"x" * 300 + b'"}',  # over the line limit
+            b'{"id": 7, "v": 2}',
+            b"42",
+            b'{"id": 9, "v": 3}',
+        ]
+    )
+    + b"\n"
+)
+
+
+def test_read_ndjson__bad_lines_become_dead_letters_good_lines_kept(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    path.write_bytes(BAD_NDJSON)
+    frame, rejects = _collect(list(read_ndjson(path, max_line_bytes=200)))
+    assert frame["id"].to_list() == [0, 7, 9]
+    assert frame[OFFSET_COLUMN].to_list() == [0, 7, 9]
+    assert rejects == [
+        (1, "not valid JSON: Expecting value (column 16)"),
+        (2, "not a JSON object but a list"),
+        (4, "not valid UTF-8 (at byte 17)"),
+        (5, "not valid JSON: NaN is not allowed in JSON"),
+        (6, "line is 318 bytes, over the limit of 200"),
+        (8, "not a JSON object but a number"),
+    ]
+
+
+def test_read_ndjson__huge_line_skipped_while_streaming(tmp_path: Path) -> None:
+    path = tmp_path / "big.ndjson.gz"
+    huge = b'{"x": "' + b"a" * (9 << 20) + b'"}'
+    path.write_bytes(gzip.compress(b'{"id": 0}\n' + huge + b'\n{"id": 2}\n', compresslevel=1))
+    chunks = list(read_ndjson(path, max_line_bytes=1 << 20))
+    frame, rejects = _collect(chunks)
+    assert frame["id"].to_list() == [0, 2]
+    assert frame[OFFSET_COLUMN].to_list() == [0, 2]
+    assert rejects == [(1, f"line is {len(huge):,} bytes, over the limit of 1,048,576")]
+    dead = next(c.rejects for c in chunks if c.rejects is not None)
+    assert len(dead.column("raw")[0].as_py()) == 4096
+
+
+def test_read_ndjson__chunks_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    lines = [json.dumps({"i": i}) if i % 7 else "" for i in range(51)]
+    path.write_text("\n".join(lines))  # no final newline
+    chunks = list(read_ndjson(path, chunk_rows=20))
+    assert [(c.first_offset, c.offset_end) for c in chunks] == [(0, 20), (20, 40), (40, 51)]
+    frame, rejects = _collect(chunks)
+    assert rejects == []
+    assert frame["i"].to_list() == [i for i in range(51) if i % 7]
+    assert frame[OFFSET_COLUMN].to_list() == frame["i"].to_list()
+
+
+def test_read_ndjson__clashing_types_kept_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "t.ndjson"
+    path.write_text('{"a": [1]}\n{"a": 2}\n{"a": {"b": 1}}\n')
+    frame, rejects = _collect(list(read_ndjson(path)))
+    assert rejects == []
+    assert frame["a"].to_list() == ["[1]", "2", '{"b":1}']
+
+
+def test_read_ndjson__records_path_unwraps_envelopes(tmp_path: Path) -> None:
+    path = tmp_path / "ct.json"
+    path.write_text(
+        json.dumps({"Records": [{"e": 1}, {"e": 2}]}) + "\n" + json.dumps({"Records": [{"e": 3}]}) + "\n"
+    )
+    frame, _ = _collect(list(read_ndjson(path, records_path="Records")))
+    assert frame["e"].to_list() == [1, 2, 3]
+    assert frame[OFFSET_COLUMN].to_list() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        json.dumps({"Records": [{"e": 1}, {"e": 2}]}, indent=2).encode(),
+        json.dumps([{"e": 1}, {"e": 2}]).encode(),
+        (json.dumps({"e": 1}) + "\n" + json.dumps({"e": 2}) + "\n").encode(),
+    ],
+    ids=["pretty-envelope", "array", "ndjson"],
+)
+def test_read_json_records__shapes(tmp_path: Path, body: bytes) -> None:
+    path = tmp_path / "r.json"
+    path.write_bytes(gzip.compress(body))
+    frame, rejects = _collect(list(read_json_records(path, records_path="Records")))
+    assert rejects == []
+    assert frame["e"].to_list() == [1, 2]
+
+
+def test_read_parquet__chunks_gzip_and_tar(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"a": list(range(30))})
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    (tmp_path / "p.parquet").write_bytes(buffer.getvalue())
+    chunks = list(read_parquet(tmp_path / "p.parquet", chunk_rows=10))
+    assert sum(c.frame.height for c in chunks) == 30
+    assert chunks[-1].offset_end == 30
+    (tmp_path / "p.bin").write_bytes(gzip.compress(buffer.getvalue()))
+    assert _collect(list(read_parquet(tmp_path / "p.bin")))[0]["a"].to_list() == list(range(30))
+    with tarfile.open(tmp_path / "p.tar", "w") as tar:
+        tar.add(tmp_path / "p.parquet", arcname="p.parquet")
+    assert _collect(list(read_raw(tmp_path / "p.tar", ReadSpec(format="parquet"))))[0].height == 30
+
+
+def test_parse_records__ndjson_array_and_gzip() -> None:
+    frame, rejects = parse_records(b'[{"a": 1}, 2, {"a": 3}]')
+    assert frame["a"].to_list() == [1, 3]
+    assert frame[OFFSET_COLUMN].to_list() == [0, 2]
+    assert rejects.column("reason").to_pylist() == ["not a JSON object but a number"]
+    frame, rejects = parse_records(gzip.compress(b'{"a": 1}\n{"a": 2}\n'))
+    assert (frame.height, rejects.num_rows) == (2, 0)
+
+
+def test_parse_records__single_pretty_object_and_garbage() -> None:
+    frame, rejects = parse_records(b'{\n  "a": 1\n}\n')
+    assert frame["a"].to_list() == [1]
+    assert rejects.num_rows == 0
+    frame, rejects = parse_records(b"[1, 2")
+    assert frame.height == 0
+    assert rejects.column("reason")[0].as_py().startswith("not valid JSON")
+    frame, rejects = parse_records(b"\x1f\x8b broken gzip")
+    assert rejects.column("reason").to_pylist() == ["broken gzip data"]
+
+
+def test_parse_records__line_limit() -> None:
+    frame, rejects = parse_records(
+        b'{"a": "' + b"x" * 100 + b'"}\n{"a": "y"}\n', max_line_bytes=50, source="http:k1"
+    )
+    assert frame["a"].to_list() == ["y"]
+    assert rejects.column("source").to_pylist() == ["http:k1"]
+    assert rejects.column("offset").to_pylist() == [0]
