@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help run test lint typecheck services clean
+.PHONY: help run test lint typecheck services bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,11 @@ typecheck: $(DEV_STAMP) ## mypy --strict over src
 
 test: $(DEV_STAMP) services lint typecheck ## Everything: lint, types, and the whole suite on SQLite and PostgreSQL
 	FINSECURE_REQUIRE_SERVICES=1 $(BIN)/pytest src tests
+
+bench: $(DEV_STAMP) ## Benchmarks on the shared datasets: prints tables, writes bench/results/*.json
+	$(BIN)/python bench/simulator.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/pipeline.py
 
 clean: ## Remove the virtualenv, caches and local data
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

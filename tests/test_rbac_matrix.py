@@ -9,8 +9,9 @@ can only come from access control and never from a bad body or an unknown id.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,8 @@ from finsecure.audit.service import Actor
 from finsecure.auth import service as auth_service
 from finsecure.auth.models import Role, User
 from finsecure.auth.schemas import ApiKeyCreate, Scope
+from finsecure.core.deps import AppContext, get_db
+from finsecure.platform import Platform
 from tests.conftest import TEST_PASSWORD, login, make_settings
 
 ANONYMOUS, VIEWER, ANALYST, ADMIN, API_KEY = "anonymous", "viewer", "analyst", "admin", "api_key"
@@ -51,6 +54,7 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("DELETE", "/api/apikeys/{api_key_id}"): (401,    403,   403,    200,  401),
     ("GET", "/api/audit"):                   (401,    403,   403,    200,  401),
     ("GET", "/api/events/search"):           (401,    200,   200,    200,  401),
+    ("POST", "/api/ingest/{domain}"):        (401,    401,   401,    401,  200),
 }  # fmt: skip
 
 
@@ -207,6 +211,13 @@ REQUESTS: dict[tuple[str, str], Callable[[Env, Caller], Request]] = {
     ("GET", "/api/events/search"): lambda env, c: Request(
         "/api/events/search", {"params": {"domain": "payment"}}
     ),
+    ("POST", "/api/ingest/{domain}"): lambda env, c: Request(
+        "/api/ingest/auth",
+        {
+            "content": b'{"event_id": "m1", "ts": "2026-11-24T10:00:00Z", "source": "matrix"}',
+            "headers": {"Content-Type": "application/x-ndjson"},
+        },
+    ),
 }
 
 
@@ -233,6 +244,19 @@ CASES = [
     for (method, path), expected in MATRIX.items()
     for i, kind in enumerate(CALLERS)
 ]
+
+
+@pytest.fixture
+def app(context: AppContext, db_session: Session, tmp_path: Path) -> Iterator[FastAPI]:
+    """The usual test app plus a running pipeline (no steps, lake in a temp dir) so ingestion can succeed."""
+    settings = context.settings.model_copy(update={"data_dir": tmp_path, "demo_stream": False})
+    platform = Platform(settings, context.session_factory, steps=[]).start()
+    application = create_app(context=replace(context, settings=settings, platform=platform))
+    application.dependency_overrides[get_db] = lambda: db_session
+    try:
+        yield application
+    finally:
+        platform.stop()
 
 
 @pytest.mark.parametrize(("method", "path", "kind", "expected"), CASES)

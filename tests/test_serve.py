@@ -39,6 +39,8 @@ def test_serve__fresh_data_dir_answers_health_and_sign_in(tmp_path: Path) -> Non
         FINSECURE_ADMIN_PASSWORD="serve-test-admin-password",
         FINSECURE_ARGON2_TIME_COST="1",
         FINSECURE_ARGON2_MEMORY_KIB="64",
+        FINSECURE_DEMO_RATE="500",
+        FINSECURE_DEMO_CUSTOMERS="5000",
     )
     proc = subprocess.Popen(  # noqa: S603 - our own CLI
         [sys.executable, "-m", "finsecure", "serve", "--port", str(port)],
@@ -69,6 +71,21 @@ def test_serve__fresh_data_dir_answers_health_and_sign_in(tmp_path: Path) -> Non
             tokens = json.loads(response.read())
         assert tokens["token_type"] == "bearer"
         assert tokens["access_token"]
+
+        # The live demo stream: events of every domain become searchable within 60 s of start-up.
+        headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+        missing = {"network", "cloud", "auth", "payment"}
+        deadline = time.monotonic() + 60
+        while missing and time.monotonic() < deadline:
+            for domain in sorted(missing):
+                search = urllib.request.Request(  # noqa: S310 - a localhost URL we built
+                    f"{base}/api/events/search?domain={domain}&size=1", headers=headers
+                )
+                with urllib.request.urlopen(search, timeout=5) as response:  # noqa: S310
+                    if json.loads(response.read())["items"]:
+                        missing.discard(domain)
+            time.sleep(0.5)
+        assert not missing, f"no live events for {sorted(missing)} within 60 s"
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import Engine
@@ -17,6 +20,8 @@ from finsecure.core.ratelimit import InMemoryRateLimiter
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
 from finsecure.event.views import router as events_router
+from finsecure.ingest.views import router as ingest_router
+from finsecure.platform import Platform
 from finsecure.system.views import router as system_router
 
 API_PREFIX = "/api"
@@ -29,10 +34,13 @@ ROUTERS: tuple[APIRouter, ...] = (
     apikeys_router,
     audit_router,
     events_router,
+    ingest_router,
 )
 
 
-def build_context(settings: Settings, engine: Engine | None = None) -> AppContext:
+def build_context(
+    settings: Settings, engine: Engine | None = None, *, platform: Platform | None = None
+) -> AppContext:
     engine = engine or create_db_engine(settings.resolved_database_url, echo=settings.database_echo)
     return AppContext(
         settings=settings,
@@ -40,7 +48,22 @@ def build_context(settings: Settings, engine: Engine | None = None) -> AppContex
         session_factory=make_session_factory(engine),
         passwords=Passwords(settings),
         login_limiter=InMemoryRateLimiter(),
+        platform=platform,
     )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start the data plane with the server and drain it on shutdown, so accepted events are not lost."""
+    platform: Platform | None = app.state.context.platform
+    started = platform is not None and not platform.pipeline.running
+    if platform is not None and started:
+        platform.start()
+    try:
+        yield
+    finally:
+        if platform is not None and started:
+            platform.stop()
 
 
 def create_app(settings: Settings | None = None, *, context: AppContext | None = None) -> FastAPI:
@@ -61,6 +84,7 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
+        lifespan=_lifespan,
     )
     app.state.context = context or build_context(settings)
     install_error_handlers(app)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,6 +23,7 @@ from finsecure.core.errors import Conflict, NotFound
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
 from finsecure.lake.cli import query_command
+from finsecure.sim.cli import simulate_command
 
 console = Console()
 err_console = Console(stderr=True)
@@ -36,6 +38,7 @@ apikeys_app = typer.Typer(help="Manage API keys for machines that push events.",
 app.add_typer(users_app, name="users")
 app.add_typer(apikeys_app, name="apikeys")
 app.command("query")(query_command)
+app.command("simulate")(simulate_command)
 
 
 def _settings() -> Settings:
@@ -125,8 +128,9 @@ def serve(
     """Serve the API (and, as the platform grows, the dashboard and live stream)."""
     import uvicorn
 
-    from finsecure.api import create_app
+    from finsecure.api import build_context, create_app
     from finsecure.core.logging import configure_logging
+    from finsecure.platform import Platform
 
     settings = _settings()
     configure_logging(settings)
@@ -139,7 +143,12 @@ def serve(
         _bootstrap_admin(settings)
     bind_host, bind_port = host or settings.host, port or settings.port
     console.print(f"FinSecure Nexus on [bold]http://{bind_host}:{bind_port}[/] (API docs at /api/docs)")
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_config=None, proxy_headers=False)
+    engine = create_db_engine(settings.resolved_database_url, echo=settings.database_echo)
+    platform = Platform(settings, make_session_factory(engine))
+    application = create_app(context=build_context(settings, engine=engine, platform=platform))
+    if settings.demo_stream:
+        console.print(f"Live demo stream: the bank-day simulator at {settings.demo_rate:g} events/s")
+    uvicorn.run(application, host=bind_host, port=bind_port, log_config=None, proxy_headers=False)
 
 
 @users_app.command("create")
@@ -293,6 +302,91 @@ def apikeys_revoke(
     finally:
         engine.dispose()
     console.print(f"API key {prefix} revoked")
+
+
+@app.command()
+def replay(
+    path: Annotated[
+        Path, typer.Argument(help="File to replay: CSV, NDJSON, JSON or Parquet, optionally gzip")
+    ],
+    format_name: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="nsl-kdd, fraud-handbook, sparkov, cloudtrail, aws-s3-honeybucket, azure-ad, "
+            "office-activity, ndjson (canonical events) or parquet (canonical events)",
+        ),
+    ],
+    rate: Annotated[str, typer.Option(help="Events per second, or 'max' for as fast as possible")] = "max",
+    speedup: Annotated[
+        float | None, typer.Option(help="Replay at X times the pace of the events' own timestamps")
+    ] = None,
+    chunk_rows: Annotated[int, typer.Option(help="Rows read per chunk", min=1_000)] = 100_000,
+) -> None:
+    """Replay a file through the pipeline: normalise, features, event lake, dead letters.
+
+    Query the result afterwards with `finsecure query "select ... from payment"`.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from finsecure.ingest.sources import open_source
+    from finsecure.pipeline.drive import DriveProgress, drive
+    from finsecure.platform import Platform
+
+    settings = _settings()
+    if not path.is_file():
+        raise _fail(f"{path} is not a readable file")
+    if rate != "max":
+        try:
+            events_per_s: float | None = float(rate)
+        except ValueError as exc:
+            raise _fail(f"--rate takes a number of events per second or 'max', not {rate!r}") from exc
+        if events_per_s is not None and events_per_s <= 0:
+            raise _fail("--rate must be above 0")
+    else:
+        events_per_s = None
+    if speedup is not None and speedup <= 0:
+        raise _fail("--speedup must be above 0")
+    try:
+        source = open_source(path, format_name, chunk_rows=chunk_rows, hash_key=settings.token_key)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    engine = create_db_engine(settings.resolved_database_url)
+    migrations.upgrade(engine)
+    platform = Platform(settings, make_session_factory(engine), demo_source=None).start()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(bar_width=None),
+        TextColumn(
+            "{task.fields[events]:,} events  {task.fields[rate]:,.0f}/s  {task.fields[rejects]:,} rejected"
+        ),
+        TimeElapsedColumn(),
+    )
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(f"replay {path.name}", total=None, events=0, rate=0.0, rejects=0)
+
+            def show(p: DriveProgress) -> None:
+                progress.update(task, events=p.events, rate=p.events_per_s, rejects=p.rejects)
+
+            done = drive(source, platform.pipeline, rate=events_per_s, speedup=speedup, on_progress=show)
+            show(done)
+    finally:
+        source.close()
+        stats = platform.stop(timeout=None)
+        engine.dispose()
+    table = Table("domain", "events in", "events out", title="Replay finished")
+    for domain in sorted(d for d, n in stats.events_in.items() if n):
+        table.add_row(domain, f"{stats.events_in[domain]:,}", f"{stats.events_out.get(domain, 0):,}")
+    console.print(table)
+    console.print(
+        f"{done.events:,} events in {done.elapsed_s:.1f} s ({done.events_per_s:,.0f}/s), "
+        f"{done.rejects:,} rejected (dead letters), {stats.batches:,} batches, "
+        f"batch latency p99 {stats.batch_latency_p99_ms or 0:.1f} ms; lake: {settings.lake_dir}"
+    )
+    if stats.errors:
+        err_console.print(f"[bold red]Step or sink errors:[/] {stats.errors}")
+        raise typer.Exit(1)
 
 
 def main() -> None:

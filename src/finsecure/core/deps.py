@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
@@ -14,6 +14,9 @@ from finsecure.core.ratelimit import RateLimiter
 from finsecure.core.schemas import PageParams, page_params
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings
+
+if TYPE_CHECKING:
+    from finsecure.platform import Platform
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,8 @@ class AppContext:
     session_factory: sessionmaker[Session]
     passwords: Passwords
     login_limiter: RateLimiter
+    platform: Platform | None = None
+    """The data plane (pipeline, lake); ``None`` for an API-only process, where ingest answers 503."""
 
 
 def get_context(request: Request) -> AppContext:

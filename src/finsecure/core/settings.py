@@ -5,6 +5,7 @@ Nothing reads the environment at import time: call :func:`get_settings`.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -66,6 +67,30 @@ class Settings(BaseSettings):
     """Where the real evaluation datasets live (`FINSECURE_DATASETS` also works). Only evaluation and
     benchmarks read them; the product never needs them."""
 
+    hash_key: SecretStr | None = None
+    """Key for turning card numbers and other sensitive ids into stable tokens. When unset it is derived
+    from the JWT secret; set it explicitly before you ever rotate that secret, or tokens change."""
+
+    pipeline_max_rows: int = Field(default=10_000, ge=1)
+    pipeline_max_age_ms: float = Field(default=10.0, ge=0)
+    pipeline_queue_chunks: int = Field(default=16, ge=1)
+    """Submit-queue capacity in chunks (at most one batch each when replaying): bounds queued latency."""
+    store_score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Scored events at or above this go to the database as well as the lake."""
+
+    ingest_max_decompressed_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """A gzip body that inflates past this is refused (413): protection against zip bombs."""
+    ingest_max_line_bytes: int = Field(default=1024 * 1024, ge=256)
+    ingest_timeout_s: float = Field(default=2.0, ge=0.0)
+    """How long an ingest request waits for room in a busy pipeline before answering 503."""
+
+    demo_stream: bool = True
+    """Feed the live demo stream (the built-in bank-day simulator) into the pipeline while serving."""
+    demo_rate: float = Field(default=100.0, gt=0, le=1_000_000)
+    """Events per second of the demo stream."""
+    demo_customers: int = Field(default=100_000, ge=1_000)
+    """Most customers in the demo world (a realistic pace needs ~5,000 per event/s; memory grows with it)."""
+
     admin_username: str = "admin"
     admin_password: SecretStr | None = None
     """Password for the first admin; when unset a one-time password is generated and printed."""
@@ -85,6 +110,20 @@ class Settings(BaseSettings):
         if any(len(s.get_secret_value()) < 32 for s in self.jwt_previous_secrets):
             raise ValueError("every FINSECURE_JWT_PREVIOUS_SECRETS entry must be at least 32 characters long")
         return self
+
+    @property
+    def lake_dir(self) -> Path:
+        """Where the Parquet event lake lives."""
+        return self.data_dir / "lake"
+
+    @property
+    def token_key(self) -> bytes:
+        """The key for sensitive-id tokens (see :attr:`hash_key`)."""
+        if self.hash_key is not None:
+            return self.hash_key.get_secret_value().encode()
+        return hashlib.blake2b(
+            self.jwt_secret.get_secret_value().encode(), person=b"finsecure-token", digest_size=32
+        ).digest()
 
     @property
     def resolved_database_url(self) -> str:

@@ -197,6 +197,7 @@ def drive(
     bucket = _TokenBucket(rate, max(1, int(rate * tick_s)), pacer) if rate is not None else None
     replay = _Replay(speedup, tick_s, pacer) if speedup is not None else None
     source_id = source.source_id
+    max_slice = max(1, int(getattr(pipeline, "max_rows", 0) or 1 << 62))
     started = clock()
     events = rejects = chunks = slices = 0
 
@@ -230,9 +231,13 @@ def drive(
                     events += length
                     slices += 1
             else:
-                pipeline.submit(chunk.domain, frame, source=source_id)
-                events += frame.height
-                slices += 1
+                # Submit at most one batch worth of rows at a time: a whole 100k-row chunk queued at once
+                # would sit in the queue behind others and inflate event latency for no gain.
+                for offset in range(0, frame.height, max_slice):
+                    part = frame.slice(offset, max_slice)
+                    pipeline.submit(chunk.domain, part, source=source_id)
+                    events += part.height
+                    slices += 1
         if on_progress is not None:
             on_progress(progress())
     return progress()

@@ -1,0 +1,120 @@
+"""The data plane of one process: the pipeline with its steps and sinks, the lake, dead letters and the
+live demo stream. ``finsecure serve`` runs one; ``finsecure replay`` runs one without the API."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+from sqlalchemy.orm import Session, sessionmaker
+
+from finsecure.core.settings import Settings
+from finsecure.features.step import FeatureStep
+from finsecure.ingest.normalise import Normaliser
+from finsecure.ingest.sources import canonical_mapping
+from finsecure.lake.sinks import DeadLetterSink, LakeSink, ScoredEventSink
+from finsecure.lake.writer import LakeWriter
+from finsecure.pipeline.batch import Sink, Source, Step
+from finsecure.pipeline.drive import drive
+from finsecure.pipeline.engine import Pipeline, PipelineStats
+
+logger = logging.getLogger(__name__)
+
+#: Builds the demo stream's source (:func:`simulator_demo_source` by default; ``None`` for none).
+DemoSourceFactory = Callable[[Settings], Source]
+
+
+def simulator_demo_source(settings: Settings) -> Source:
+    """The live demo stream: the bank-day simulator in real time, pacing itself to ``demo_rate``."""
+    from finsecure.sim import SimConfig, SimulatorSource
+
+    config = SimConfig.live(settings.demo_rate, max_customers=settings.demo_customers)
+    return SimulatorSource(config, pace=True)
+
+
+def default_steps() -> list[Step]:
+    """The steps every event goes through, in order."""
+    return [FeatureStep()]
+
+
+@dataclass
+class Platform:
+    """Owns the pipeline and everything around it; start once, stop once."""
+
+    settings: Settings
+    session_factory: sessionmaker[Session]
+    steps: Sequence[Step] | None = None
+    extra_sinks: Sequence[Sink] = ()
+    demo_source: DemoSourceFactory | None = simulator_demo_source
+    lake: LakeWriter = field(init=False)
+    pipeline: Pipeline = field(init=False)
+    dead_letters: DeadLetterSink = field(init=False)
+    _normalisers: dict[str, Normaliser] = field(init=False, default_factory=dict)
+    _normaliser_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _demo_thread: threading.Thread | None = field(init=False, default=None)
+    _demo_stop: threading.Event = field(init=False, default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.lake = LakeWriter(s.lake_dir, background=True)
+        self.dead_letters = DeadLetterSink(self.lake, self.session_factory)
+        sinks: list[Sink] = [
+            LakeSink(self.lake),
+            ScoredEventSink(self.session_factory, s.store_score_threshold),
+            *self.extra_sinks,
+        ]
+        self.pipeline = Pipeline(
+            list(self.steps) if self.steps is not None else default_steps(),
+            sinks,
+            max_rows=s.pipeline_max_rows,
+            max_age_s=s.pipeline_max_age_ms / 1000.0,
+            queue_chunks=s.pipeline_queue_chunks,
+            dead_letter_sink=self._write_dead_letters,
+        )
+
+    def _write_dead_letters(self, table: pa.Table) -> None:
+        self.dead_letters.write(table)
+
+    def normaliser(self, source_name: str) -> Normaliser:
+        """The canonical-events normaliser for one source (cached: it compiles its plans once)."""
+        with self._normaliser_lock:
+            normaliser = self._normalisers.get(source_name)
+            if normaliser is None:
+                if len(self._normalisers) > 1024:
+                    self._normalisers.clear()
+                normaliser = Normaliser(
+                    canonical_mapping("ndjson"), source_name, hash_key=self.settings.token_key
+                )
+                self._normalisers[source_name] = normaliser
+            return normaliser
+
+    def start(self) -> Platform:
+        self.pipeline.start()
+        if self.demo_source is not None and self.settings.demo_stream:
+            source = self.demo_source(self.settings)
+            self._demo_thread = threading.Thread(
+                target=self._run_demo, args=(source,), name="finsecure-demo", daemon=True
+            )
+            self._demo_thread.start()
+        return self
+
+    def _run_demo(self, source: Source) -> None:
+        try:
+            drive(source, self.pipeline, stop=self._demo_stop)  # the demo source paces itself
+        except Exception:
+            if not self._demo_stop.is_set():
+                logger.exception("the demo stream stopped after an error")
+        finally:
+            source.close()
+
+    def stop(self, *, timeout: float | None = 30.0) -> PipelineStats:
+        """Stop the demo stream, drain the pipeline (nothing accepted is lost) and close the lake."""
+        self._demo_stop.set()
+        if self._demo_thread is not None:
+            self._demo_thread.join(timeout)
+        stats = self.pipeline.stop(drain=True, timeout=timeout)
+        self.lake.close()
+        return stats
