@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from finsecure.audit.service import Actor
 from finsecure.auth import service as auth_service
@@ -50,6 +53,17 @@ def _settings() -> Settings:
         raise typer.Exit(2) from exc
 
 
+@contextmanager
+def _db_session(settings: Settings) -> Iterator[Session]:
+    """One committed transaction on a short-lived engine, for a single command."""
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with session_scope(make_session_factory(engine)) as db_session:
+            yield db_session
+    finally:
+        engine.dispose()
+
+
 def _cli_actor() -> Actor:
     try:
         who = getpass.getuser()
@@ -84,18 +98,14 @@ def migrate(
 
 
 def _bootstrap_admin(settings: Settings) -> None:
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as db_session:
-            password = settings.admin_password.get_secret_value() if settings.admin_password else None
-            user, one_time = auth_service.ensure_first_admin(
-                db_session=db_session,
-                passwords=Passwords(settings),
-                username=settings.admin_username,
-                password=password,
-            )
-    finally:
-        engine.dispose()
+    with _db_session(settings) as db_session:
+        password = settings.admin_password.get_secret_value() if settings.admin_password else None
+        user, one_time = auth_service.ensure_first_admin(
+            db_session=db_session,
+            passwords=Passwords(settings),
+            username=settings.admin_username,
+            password=password,
+        )
     if user is None:
         return
     if one_time:
@@ -170,16 +180,13 @@ def users_create(
         )
     except ValidationError as exc:
         raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
-    engine = create_db_engine(settings.resolved_database_url)
     try:
-        with session_scope(make_session_factory(engine)) as db_session:
+        with _db_session(settings) as db_session:
             user, one_time = auth_service.create(
                 db_session=db_session, passwords=Passwords(settings), user_in=user_in, actor=_cli_actor()
             )
     except Conflict as exc:
         raise _fail(exc.message) from exc
-    finally:
-        engine.dispose()
     console.print(f"Created {user.role.value} [bold]{user.username}[/] (id {user.id})")
     if one_time:
         console.print(f"One-time password (must be changed at first sign-in): [bold]{one_time}[/]")
@@ -189,29 +196,22 @@ def users_create(
 def users_list() -> None:
     """List every user with role and status."""
     settings = _settings()
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as db_session:
-            users, _ = auth_service.get_all(db_session=db_session, offset=0, limit=10_000)
-            table = Table("id", "username", "role", "status", "last sign-in")
-            for u in users:
-                status = (
-                    "disabled"
-                    if u.disabled
-                    else ("must change password" if u.must_change_password else "active")
-                )
-                last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
-                table.add_row(str(u.id), u.username, u.role.value, status, last)
-    finally:
-        engine.dispose()
+    with _db_session(settings) as db_session:
+        users, _ = auth_service.get_all(db_session=db_session, offset=0, limit=10_000)
+        table = Table("id", "username", "role", "status", "last sign-in")
+        for u in users:
+            status = (
+                "disabled" if u.disabled else ("must change password" if u.must_change_password else "active")
+            )
+            last = u.last_login_at.strftime("%Y-%m-%d %H:%M") if u.last_login_at else "never"
+            table.add_row(str(u.id), u.username, u.role.value, status, last)
     console.print(table)
 
 
 def _set_disabled(username: str, disabled: bool) -> None:
     settings = _settings()
-    engine = create_db_engine(settings.resolved_database_url)
     try:
-        with session_scope(make_session_factory(engine)) as db_session:
+        with _db_session(settings) as db_session:
             user = auth_service.get_by_username(db_session=db_session, username=username)
             if user is None:
                 raise _fail(f"No user named {username!r}")
@@ -224,8 +224,6 @@ def _set_disabled(username: str, disabled: bool) -> None:
             )
     except Conflict as exc:
         raise _fail(exc.message) from exc
-    finally:
-        engine.dispose()
     console.print(f"User [bold]{username}[/] {'disabled' if disabled else 'enabled'}")
 
 
@@ -255,14 +253,10 @@ def apikeys_create(
         key_in = ApiKeyCreate(name=name, scopes=scope, expires_in_days=expires_in_days or None)
     except ValidationError as exc:
         raise _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from exc
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as db_session:
-            api_key, raw = auth_service.create_api_key(
-                db_session=db_session, key_in=key_in, owner_id=None, actor=_cli_actor()
-            )
-    finally:
-        engine.dispose()
+    with _db_session(settings) as db_session:
+        api_key, raw = auth_service.create_api_key(
+            db_session=db_session, key_in=key_in, owner_id=None, actor=_cli_actor()
+        )
     console.print(
         f"API key [bold]{api_key.name}[/] (prefix {api_key.prefix}, scopes {', '.join(api_key.scopes)})"
     )
@@ -273,17 +267,13 @@ def apikeys_create(
 def apikeys_list() -> None:
     """List API keys (never the keys themselves)."""
     settings = _settings()
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        with session_scope(make_session_factory(engine)) as db_session:
-            keys, _ = auth_service.get_all_api_keys(db_session=db_session, offset=0, limit=10_000)
-            table = Table("id", "name", "prefix", "scopes", "expires", "status")
-            for k in keys:
-                status = "revoked" if k.revoked_at else "active"
-                expires = k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "never"
-                table.add_row(str(k.id), k.name, k.prefix, ",".join(k.scopes), expires, status)
-    finally:
-        engine.dispose()
+    with _db_session(settings) as db_session:
+        keys, _ = auth_service.get_all_api_keys(db_session=db_session, offset=0, limit=10_000)
+        table = Table("id", "name", "prefix", "scopes", "expires", "status")
+        for k in keys:
+            status = "revoked" if k.revoked_at else "active"
+            expires = k.expires_at.strftime("%Y-%m-%d") if k.expires_at else "never"
+            table.add_row(str(k.id), k.name, k.prefix, ",".join(k.scopes), expires, status)
     console.print(table)
 
 
@@ -293,14 +283,11 @@ def apikeys_revoke(
 ) -> None:
     """Revoke an API key at once."""
     settings = _settings()
-    engine = create_db_engine(settings.resolved_database_url)
     try:
-        with session_scope(make_session_factory(engine)) as db_session:
+        with _db_session(settings) as db_session:
             auth_service.revoke_api_key_by_prefix(db_session=db_session, prefix=prefix, actor=_cli_actor())
     except NotFound as exc:
         raise _fail(exc.message) from exc
-    finally:
-        engine.dispose()
     console.print(f"API key {prefix} revoked")
 
 
