@@ -170,6 +170,12 @@ def test_cli__refuses_default_secret_in_production(monkeypatch: pytest.MonkeyPat
         ["apikeys"],
         ["apikeys", "create"],
         ["apikeys", "revoke"],
+        ["rules"],
+        ["rules", "test"],
+        ["rules", "sigma-report"],
+        ["replay"],
+        ["query"],
+        ["simulate"],
     ],
     ids=lambda c: " ".join(c) or "root",
 )

@@ -25,6 +25,7 @@ from finsecure.core.database import create_db_engine, make_session_factory, sess
 from finsecure.core.errors import Conflict, NotFound
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
+from finsecure.detection.cli import rules_command_app
 from finsecure.lake.cli import query_command
 from finsecure.sim.cli import simulate_command
 
@@ -42,6 +43,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(apikeys_app, name="apikeys")
 app.command("query")(query_command)
 app.command("simulate")(simulate_command)
+app.add_typer(rules_command_app, name="rules")
 
 
 def _settings() -> Settings:
