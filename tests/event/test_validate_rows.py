@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from finsecure.event.schemas import SchemaError, conform_batch, validate_rows
+from finsecure.event.schemas import (
+    SchemaError,
+    _luhn_ok,
+    conform_batch,
+    row_reasons,
+    row_rules,
+    validate_rows,
+)
 
 TS = pa.array([0, 0, 0, 0], pa.timestamp("s", tz="UTC"))
 
@@ -92,3 +102,53 @@ def test_validate_rows__empty_table() -> None:
     check = validate_rows("cloud", _table().slice(0, 0))
     assert len(check.keep) == 0
     assert check.rejected == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789", min_size=13, max_size=19), min_size=1, max_size=30))
+def test_row_reasons__card_number_check_matches_the_model(numbers: list[str]) -> None:
+    # the vectorised Luhn check and the model's per-value one must agree on every digit string
+    reasons = row_reasons("payment", pl.DataFrame({"card_id": numbers})).to_list()
+    assert [reason is not None for reason in reasons] == [_luhn_ok(number) for number in numbers]
+
+
+def test_row_rules__flags_fold_into_one_pass_and_reasons_follow() -> None:
+    frame = pl.DataFrame(
+        {
+            "lat": [10.0, float("nan"), 95.0, None],
+            "country": ["GB", "gb", None, "FR"],
+            "event_id": ["a", "x" * 200, "c", ""],
+        }
+    )
+    rules = [rule for rule in row_rules("auth") if rule.column in frame.columns]
+    flagged = frame.select(pl.any_horizontal(rule.flag for rule in rules)).to_series().to_list()
+    assert flagged == [False, True, True, True]
+    assert row_reasons("auth", frame).to_list() == [
+        None,
+        "event_id: longer than 128 characters; lat: not a finite number; "
+        "country: must be an ISO 3166-1 alpha-2 country code in upper case, e.g. 'GB'",
+        "lat: above 90",
+        "event_id: shorter than 1 character(s)",
+    ]
+
+
+def test_row_rules__applies_only_where_a_column_can_break_them() -> None:
+    missing = next(rule for rule in row_rules("network") if rule.problem == "missing")
+    above = next(
+        rule for rule in row_rules("network") if rule.column == "dst_port" and "above" in rule.problem
+    )
+    assert (missing.applies(0, 10), missing.applies(3, 10)) == (False, True)
+    assert (above.applies(10, 10), above.applies(9, 10)) == (False, True)
+    per_value = {rule.column for rule in row_rules("payment") if rule.per_value}
+    assert {"currency", "channel", "mcc", "country"} <= per_value
+    assert "card_id" not in per_value
+
+
+def test_validate_rows__long_text_counted_in_characters_not_bytes() -> None:
+    table = _table(event_id=["é" * 128, "é" * 129, "c", "d"])
+    assert validate_rows("auth", table).reasons.to_pylist() == [
+        None,
+        "event_id: longer than 128 characters",
+        None,
+        None,
+    ]

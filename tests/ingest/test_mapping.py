@@ -122,6 +122,9 @@ def test_load_mapping__missing_file(tmp_path: Path) -> None:
         ({"fields": {"ts": "t", "channel": {"template": "plain"}}}, "names no column"),
         ({"fields": {"ts": "t", "channel": {"column": "$nope"}}}, "unknown name \\$nope"),
         ({"unmatched": "drop"}, "unmatched: must be 'reject' or 'skip'"),
+        ({"unknown_fields": "drop"}, "unknown_fields: must be 'ignore' or 'reject'"),
+        ({"read": {"format": "ndjson", "fields": {"a": "text"}}}, "read.fields.a: must be one of str, int"),
+        ({"read": {"format": "csv", "fields": {"a": "str"}}}, "read.fields: only NDJSON reading takes"),
         ({"domain": "payment", "domains": []}, "give exactly one of 'domain'"),
     ],
 )
@@ -162,3 +165,20 @@ def test_from_dict__shorthands_and_sensitive_columns() -> None:
 def test_from_dict__var_used_before_defined_is_refused() -> None:
     with pytest.raises(MappingError, match=r"vars\.a: uses \$b before it is defined"):
         Mapping.from_dict(_mapping(vars={"a": {"column": "$b"}, "b": {"column": "x"}}))
+
+
+def test_from_dict__read_field_hints_and_unknown_fields() -> None:
+    mapping = Mapping.from_dict(
+        _mapping(read={"format": "ndjson", "fields": {"t": "int", "who": "str"}}, unknown_fields="reject")
+    )
+    assert mapping.read.fields == (("t", "int"), ("who", "str"))
+    assert mapping.unknown_fields == "reject"
+    assert Mapping.from_dict(_mapping()).unknown_fields == "ignore"
+
+
+def test_read_columns__what_readers_may_skip_the_rest_for() -> None:
+    mapping = Mapping.from_dict(
+        _mapping(fields={"ts": {"column": "t", "timestamp": {"unit": "s"}}, "user_id": "who.name"})
+    )
+    assert mapping.read_columns() == frozenset({"t", "who", "who.name"})
+    assert Mapping.from_dict(_mapping(unknown_fields="reject")).read_columns() is None

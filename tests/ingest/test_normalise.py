@@ -11,10 +11,17 @@ import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from polars.testing import assert_series_equal
 
 from finsecure.event.schemas import Domain
 from finsecure.ingest.mapping import Mapping
-from finsecure.ingest.normalise import Normaliser, NormaliseResult, canonical_polars_schema
+from finsecure.ingest.normalise import (
+    Normaliser,
+    NormaliseResult,
+    _convert,
+    _matches,
+    canonical_polars_schema,
+)
 from finsecure.ingest.readers import OFFSET_COLUMN, parse_records
 from finsecure.ingest.sources import canonical_mapping
 
@@ -393,3 +400,84 @@ def test_normalise__any_json_object_is_kept_or_rejected_with_a_reason(records: l
     for domain, canonical in result.frames.items():
         assert canonical.schema == canonical_polars_schema(domain)
         assert all(math.isfinite(v) for v in canonical["lat"].drop_nulls())
+
+
+_spellings = st.one_of(
+    st.text(alphabet=st.sampled_from("0123456789 .+-eE_xXtrufalsyn"), max_size=8),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["1", "0", "true", "False", " yes ", "1.0", "5.0", "1e999", "-0", "+7", "0x10"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_spellings, min_size=1, max_size=20))
+def test_convert__fast_reading_agrees_with_exact_where_it_reads(values: list[str]) -> None:
+    # The normaliser reads every row the fast way and re-reads only failures the exact way, so a
+    # value the fast way accepts must come out exactly as the exact way reads it.
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    for target in (pl.Float64(), pl.Int64(), pl.Int32(), pl.Int8(), pl.Boolean()):
+        fast, _ = _convert(pl.col("v"), pl.String(), target, fast=True)
+        exact, _ = _convert(pl.col("v"), pl.String(), target)
+        both = frame.select(fast.alias("fast"), exact.alias("exact"))
+        accepted = both.filter(pl.col("fast").is_not_null())
+        assert_series_equal(accepted["fast"], accepted["exact"], check_names=False)  # NaN equals NaN here
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+def test_normalise__whole_number_times_read_exactly(unit: str) -> None:
+    scale = {"s": 1_000_000, "ms": 1_000, "us": 1}[unit]
+    limit = 2**53 // scale  # beyond it the fast integer reading steps aside for the float one
+    values = [0, 1_714_564_800, -86_400, limit - 1, limit + 1, 2**62]
+    epoch = dt.datetime(1970, 1, 1, tzinfo=UTC)
+    for raw in ({"v": [str(v) for v in values]}, {"v": values}):
+        result = _run({"ts": {"column": "v", "timestamp": {"unit": unit}}}, raw)
+        times = result.frames[Domain.payment]["ts"].to_list()
+        assert times[:4] == [epoch + dt.timedelta(microseconds=v * scale) for v in values[:4]]
+        # past 2**53 microseconds a float reads it, to the nearest representable microsecond
+        assert abs(times[4] - (epoch + dt.timedelta(microseconds=values[4] * scale))) <= dt.timedelta(
+            microseconds=1
+        )
+        problem = f"not a valid time (expected a number of {unit} since the Unix epoch)"
+        assert _reasons(result) == [(105, f"ts: {problem}; ts: missing")]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("_pos$", [True, False, False, False, None]),
+        ("^food", [True, False, False, False, None]),
+        ("^food_pos$", [True, False, False, False, None]),
+        ("pos", [True, False, True, False, None]),
+        ("o+d", [True, False, False, True, None]),  # a real regex
+        ("^f.od_", [True, False, False, False, None]),  # "." is a regex, not a literal
+    ],
+)
+def test_matches__plain_patterns_read_like_regexes(pattern: str, expected: list[bool | None]) -> None:
+    frame = pl.DataFrame({"s": ["food_pos", "shop_net", "pos_x", "good", None]})
+    assert frame.select(_matches(pl.col("s"), pattern)).to_series().to_list() == expected
+    assert frame.select(pl.col("s").str.contains(pattern)).to_series().to_list() == expected
+
+
+def test_normalise__unknown_fields_rejected_only_when_asked() -> None:
+    raw = {"t": [0, 1], "amt": ["1", "2"], "colour": [None, "red"], "*": [None, None]}
+    fields = {"ts": TS, "amount": {"column": "amt", "cast": "float"}}
+    assert _run(fields, raw).rejects.num_rows == 0
+    strict = _run(fields, raw, unknown_fields="reject")
+    assert strict.frames[Domain.payment]["amount"].to_list() == [1.0]
+    assert _reasons(strict) == [(101, "colour: not a field of payment events")]
+
+
+def test_normalise__flagged_row_read_the_exact_way_keeps_its_place() -> None:
+    # " 2 " fails the fast reading (no trimming there) but the exact one reads it: kept, in order
+    raw = {"t": [0, 1, 2, 3], "amt": ["1", " 2 ", "x", "4"]}
+    result = _run({"ts": TS, "amount": {"column": "amt", "cast": "float"}}, raw)
+    assert result.frames[Domain.payment]["amount"].to_list() == [1.0, 2.0, 4.0]
+    assert _reasons(result) == [(102, "amount: not a number")]
+
+
+def test_normalise__card_token_of_sixteen_digits_failing_luhn_kept() -> None:
+    raw = {"t": [0, 1], "card": ["4111111111111112", "4111111111111111"]}
+    result = _run({"ts": TS, "card_id": "card"}, raw)
+    assert result.frames[Domain.payment]["card_id"].to_list() == ["4111111111111112"]
+    assert len(_reasons(result)) == 1

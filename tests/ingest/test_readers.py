@@ -11,6 +11,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from finsecure.ingest.mapping import ReadSpec
 from finsecure.ingest.readers import (
@@ -232,3 +234,153 @@ def test_parse_records__line_limit() -> None:
     assert frame["a"].to_list() == ["y"]
     assert rejects.column("source").to_pylist() == ["http:k1"]
     assert rejects.column("offset").to_pylist() == [0]
+
+
+def _quoted_csv() -> bytes:
+    rows = [
+        "id,note,amount\n",
+        *(f'{i},"line one\nline two, with ""quotes"" {i}",{i}.5\n' for i in range(40)),
+        "40,plain,1\n",
+        '41,"ends with a newline\n",2\n',
+    ]
+    return "".join(rows).encode()
+
+
+def test_read_csv__blocks_cut_only_outside_quotes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # tiny reads put block ends everywhere, including inside quoted fields
+    monkeypatch.setattr("finsecure.ingest.readers._READ_SIZE", 37)
+    data = _quoted_csv()
+    path = tmp_path / "q.csv.gz"
+    path.write_bytes(gzip.compress(data))
+    chunks = list(read_csv(path, chunk_rows=16))
+    assert [c.frame.height for c in chunks] == [16, 16, 10]
+    assert [(c.first_offset, c.offset_end) for c in chunks] == [(0, 16), (16, 32), (32, 42)]
+    frame, rejects = _collect(chunks)
+    assert rejects == []
+    expected = pl.read_csv(data, infer_schema=False)
+    assert frame.drop(OFFSET_COLUMN).equals(expected)
+    assert frame[OFFSET_COLUMN].to_list() == list(range(42))
+
+
+def test_read_csv__keep_parses_only_those_columns(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,c\n1,x,7\n2,y,8\n")
+    frame, _ = _collect(list(read_csv(path, keep={"c", "a", "absent"})))
+    assert frame.columns == ["a", "c", OFFSET_COLUMN]
+    assert frame.select("a", "c").rows() == [("1", "7"), ("2", "8")]
+    path.write_text("1;x;7\n2;y;8\n")
+    frame, _ = _collect(
+        list(read_csv(path, header=False, columns=("n", "s", "k"), separator=";", keep={"k"}))
+    )
+    assert frame.select("k").to_series().to_list() == ["7", "8"]
+
+
+def test_read_csv__valid_non_ascii_text_kept(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("a,b\n1,café\n2,\ufffd is a real character\n".encode())
+    frame, rejects = _collect(list(read_csv(path)))
+    assert rejects == []
+    assert frame["b"].to_list() == ["café", "\ufffd is a real character"]
+
+
+def test_read_csv__broken_gzip_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv.gz"
+    body = b"a,b\n" + b"".join(b"%d,%s\n" % (i, b"%x" % (i * 7919 % 65521) * 3) for i in range(20_000))
+    packed = gzip.compress(body)
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(ReadError, match=r"t\.csv\.gz: cannot decompress"):
+        list(read_csv(path))
+
+
+HINTS = (("id", "int"), ("v", "float"), ("s", "str"), ("ok", "bool"))
+
+
+def _present(frame: pl.DataFrame) -> list[set[str]]:
+    """Each row's fields that hold a value (whatever its type), by offset order."""
+    body = frame.drop(OFFSET_COLUMN)
+    if body.width == 0:
+        return [set() for _ in range(frame.height)]
+    flags = body.select(pl.all().is_not_null()).to_dicts()
+    return [{name for name, present in row.items() if present} for row in flags]
+
+
+def test_read_ndjson__field_hints_read_what_inference_reads(tmp_path: Path) -> None:
+    records = [{"id": i, "v": i / 2, "s": f"t{i}", "ok": i % 2 == 0} for i in range(300)]
+    records[150] = {"id": 150, "late": "x"}  # a field first seen deep in the file
+    records[200] = {"id": 200, "v": "oops"}  # a value of another type
+    records[250] = {"id": 250, "s": 'back\\slash "quoted"'}  # escapes
+    records[260] = {"id": 260, "s": None, "v": None}  # nulls written out
+    lines = [json.dumps(r, separators=(",", ":") if i % 3 else (", ", ": ")) for i, r in enumerate(records)]
+    lines[100] = ""  # a blank line keeps its number
+    path = tmp_path / "h.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    fast = list(read_ndjson(path, chunk_rows=64, fields=HINTS))
+    slow = list(read_ndjson(path, chunk_rows=64))
+    assert [(c.first_offset, c.offset_end) for c in fast] == [(c.first_offset, c.offset_end) for c in slow]
+    for hinted, inferred in zip(fast, slow, strict=True):
+        assert hinted.frame[OFFSET_COLUMN].to_list() == inferred.frame[OFFSET_COLUMN].to_list()
+        assert _present(hinted.frame) == _present(inferred.frame)
+    frame, rejects = _collect(fast)
+    assert rejects == []
+    assert frame.filter(pl.col(OFFSET_COLUMN) == 150)["late"].to_list() == ["x"]
+    assert frame.filter(pl.col(OFFSET_COLUMN) == 200)["v"].cast(pl.String).to_list() == ["oops"]
+    assert frame.filter(pl.col(OFFSET_COLUMN) == 250)["s"].to_list() == ['back\\slash "quoted"']
+
+
+_json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.text(alphabet=st.sampled_from('ab:" {}null,'), max_size=8),
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=2)
+        | st.dictionaries(st.sampled_from(["k", "null", "a:b"]), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    records=st.lists(
+        st.dictionaries(
+            st.sampled_from(["id", "v", "s", "ok", "extra", "x:y", "nul"]), _json_values, max_size=5
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    spaced=st.booleans(),
+)
+def test_read_ndjson__field_hints_never_drop_a_field(
+    tmp_path: Path, records: list[dict[str, object]], spaced: bool
+) -> None:
+    # The fast path parses with a schema, which would silently drop fields outside it: every field
+    # holding a value must still come out, whatever the values, their types and the spacing.
+    separators = (", ", " : ") if spaced else (",", ":")
+    path = tmp_path / "p.ndjson"
+    path.write_text("".join(json.dumps(r, separators=separators) + "\n" for r in records))
+    seen: list[int] = []
+    for chunk in read_ndjson(path, chunk_rows=5, fields=HINTS):
+        assert chunk.rejects is None
+        offsets = chunk.frame[OFFSET_COLUMN].to_list()
+        for offset, present in zip(offsets, _present(chunk.frame), strict=True):
+            assert present == {key for key, value in records[offset].items() if value is not None}
+        seen.extend(offsets)
+    assert seen == list(range(len(records)))
+
+
+def test_parse_records__field_hints_give_the_same_records() -> None:
+    body = b'{"id": 1, "s": "a"}\n\n{"id": 2, "zz": true}\n{"id": "x"}\nnot json\n'
+    plain, plain_rejects = parse_records(body)
+    hinted, hinted_rejects = parse_records(body, fields=HINTS)
+    assert hinted[OFFSET_COLUMN].to_list() == plain[OFFSET_COLUMN].to_list() == [0, 2, 3]
+    assert _present(hinted) == _present(plain) == [{"id", "s"}, {"id", "zz"}, {"id"}]
+    assert hinted_rejects.column("offset").to_pylist() == plain_rejects.column("offset").to_pylist() == [4]

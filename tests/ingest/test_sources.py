@@ -34,7 +34,16 @@ def test_open_source__canonical_ndjson_mixed_domains_and_bad_lines(tmp_path: Pat
         json.dumps({**GOOD, "domain": "host"}),
         b'{"broken": ',
         json.dumps({**GOOD, "event_id": "p4", "amount": [1, 2]}),
-        json.dumps({**GOOD, "event_id": "n1", "domain": "network", "dst_port": 443, "src_ip": "10.0.0.1"}),
+        json.dumps(
+            {
+                **GOOD,
+                "event_id": "n1",
+                "domain": "network",
+                "dst_port": 443,
+                "src_ip": "10.0.0.1",
+                "amount": None,
+            }
+        ),
     ]
     source = open_source(_write(tmp_path / "e.ndjson", lines), "ndjson", chunk_rows=100)
     assert isinstance(source, Source)
@@ -59,11 +68,59 @@ def test_open_source__canonical_ndjson_mixed_domains_and_bad_lines(tmp_path: Pat
     assert {c.offset_end for c in chunks} == {9}
 
 
+def test_open_source__canonical_ndjson_rejects_fields_outside_the_domain(tmp_path: Path) -> None:
+    lines: list[str | bytes] = [
+        json.dumps(GOOD),
+        json.dumps({**GOOD, "event_id": "p2", "dst_port": 443}),  # a network field on a payment
+        json.dumps({**GOOD, "event_id": "p3", "colour": "red", "amount": "x"}),  # in no domain at all
+        json.dumps({**GOOD, "event_id": "p4", "dst_port": None}),  # null: as good as absent
+        json.dumps({**GOOD, "event_id": "n1", "domain": "network", "dst_port": 443}),  # amount: payment's
+    ]
+    chunks = list(open_source(_write(tmp_path / "e.ndjson", lines), "ndjson").chunks())
+    frames = {chunk.domain: chunk.frame for chunk in chunks}
+    assert frames[Domain.payment]["event_id"].to_list() == ["p1", "p4"]
+    assert Domain.network not in frames or frames[Domain.network].height == 0
+    rejects = pl.concat([pl.from_arrow(c.rejects) for c in chunks if c.rejects is not None])  # type: ignore[misc]
+    assert sorted(zip(rejects["offset"].to_list(), rejects["reason"].to_list(), strict=True)) == [
+        (1, "dst_port: not a field of payment events"),
+        (2, "colour: not a field of payment events; amount: not a number"),
+        (4, "amount: not a field of network events"),
+    ]
+
+
+def test_open_source__canonical_ndjson_late_unknown_field_not_lost(tmp_path: Path) -> None:
+    # The reader parses chunks with the fields it has seen so far; a field first seen deep in a chunk
+    # (or written with odd spacing) must still reach the normaliser and be rejected there.
+    lines: list[str | bytes] = [json.dumps({**GOOD, "event_id": f"p{i}"}) for i in range(3000)]
+    lines[2500] = json.dumps({**GOOD, "event_id": "late", "colour": "red"})
+    lines[2600] = (
+        b'{"event_id": "spaced", "ts": "2024-05-01T12:00:00Z", "domain": "payment", "source": "t", "x" : 1}'
+    )
+    lines[2700] = json.dumps({**GOOD, "event_id": "nested", "amount": 1, "bag": {"amount": 2}})
+    chunks = list(open_source(_write(tmp_path / "e.ndjson", lines), "ndjson", chunk_rows=1000).chunks())
+    kept = pl.concat([c.frame for c in chunks])
+    assert kept.height == 2997
+    rejects = pl.concat([pl.from_arrow(c.rejects) for c in chunks if c.rejects is not None])  # type: ignore[misc]
+    assert sorted(zip(rejects["offset"].to_list(), rejects["reason"].to_list(), strict=True)) == [
+        (2500, "colour: not a field of payment events"),
+        (2600, "x: not a field of payment events"),
+        (2700, "bag: not a field of payment events"),
+    ]
+
+
 def test_open_source__canonical_parquet_round_trip(tmp_path: Path) -> None:
     first = next(iter(open_source(_write(tmp_path / "e.ndjson", [json.dumps(GOOD)]), "ndjson").chunks()))
     first.frame.write_parquet(tmp_path / "e.parquet")
     again = list(open_source(tmp_path / "e.parquet", "parquet").chunks())
     assert len(again) == 1
+    assert again[0].frame.equals(first.frame)
+
+
+def test_open_source__canonical_parquet_extra_columns_left_out(tmp_path: Path) -> None:
+    first = next(iter(open_source(_write(tmp_path / "e.ndjson", [json.dumps(GOOD)]), "ndjson").chunks()))
+    first.frame.with_columns(score=pl.lit(0.9)).write_parquet(tmp_path / "scored.parquet")
+    again = list(open_source(tmp_path / "scored.parquet", "parquet").chunks())
+    assert [(c.frame.height, c.rejects) for c in again] == [(1, None)]
     assert again[0].frame.equals(first.frame)
 
 

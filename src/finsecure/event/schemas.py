@@ -10,7 +10,9 @@ Two ways in, one set of rules:
   one event at a time, for the API, tests and debugging;
 * the **columnar path** (`conform_batch`) takes an Arrow table or batch from a normaliser,
   fixes its column order and types, and checks the same value rules with vectorised compute.
-  The value rules are read from the models, so both paths agree.
+  The value rules are read from the models, so both paths agree. Row by row, `validate_rows`
+  (Arrow) and `row_rules` / `row_reasons` (Polars expressions a normaliser folds into its own
+  query) say which rows break a rule and why, instead of raising.
 
 Example
 -------
@@ -48,6 +50,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import annotated_types
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -74,11 +77,14 @@ __all__ = [
     "PaymentChannel",
     "PaymentEvent",
     "RowCheck",
+    "RowRule",
     "SchemaError",
     "arrow_schema",
     "batch_to_events",
     "conform_batch",
     "events_to_batch",
+    "row_reasons",
+    "row_rules",
     "validate_rows",
 ]
 
@@ -149,6 +155,14 @@ class _ValueRule(ABC):
     def violations(self, array: pa.Array) -> pa.Array:
         """Return a boolean mask, true where a non-null value breaks the rule."""
 
+    @abstractmethod
+    def flags(self, column: pl.Expr) -> tuple[pl.Expr, pl.Expr | None]:
+        """The Polars twin of `violations`: ``(flag, confirm)``.
+
+        ``flag`` is true where a non-null value may break the rule and is cheap enough for every row;
+        ``confirm``, when given, is the exact (costlier) test, evaluated only on flagged rows.
+        """
+
 
 class _Matches(_ValueRule):
     """The whole value must match a regular expression (ASCII classes only, so RE2 agrees)."""
@@ -165,6 +179,9 @@ class _Matches(_ValueRule):
 
     def violations(self, array: pa.Array) -> pa.Array:
         return pc.invert(pc.match_substring_regex(array, f"^(?:{self.regex})$"))
+
+    def flags(self, column: pl.Expr) -> tuple[pl.Expr, pl.Expr | None]:
+        return ~column.str.contains(f"^(?:{self.regex})$"), None
 
 
 class _IpAddress(_ValueRule):
@@ -183,6 +200,10 @@ class _IpAddress(_ValueRule):
 
     def violations(self, array: pa.Array) -> pa.Array:
         return pc.invert(pc.match_substring_regex(array, f"^(?:{self._charset})$"))
+
+    def flags(self, column: pl.Expr) -> tuple[pl.Expr, pl.Expr | None]:
+        # Only the characters are checked on the columnar paths; the model path parses the address.
+        return ~column.str.contains(f"^(?:{self._charset})$"), None
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -218,6 +239,24 @@ class _NotCardNumber(_ValueRule):
         for row, value in zip(rows.to_pylist(), pc.take(array, rows).to_pylist(), strict=True):
             flags[row] = self._is_pan(value)
         return pa.array(flags, pa.bool_())
+
+    def flags(self, column: pl.Expr) -> tuple[pl.Expr, pl.Expr | None]:
+        return column.str.contains(r"^[0-9]{13,19}$"), _luhn_valid(column)
+
+
+def _luhn_valid(column: pl.Expr) -> pl.Expr:
+    """Vectorised Luhn check of digit strings (up to 19 digits): true where the check digit fits.
+
+    Digits are read from the right; every second one is doubled (minus 9 when above 9).
+    """
+    reversed_digits = column.str.reverse()
+    total: pl.Expr = pl.lit(0, pl.Int32)
+    for position in range(19):
+        digit = reversed_digits.str.slice(position, 1).cast(pl.Int32, strict=False).fill_null(0)
+        if position % 2 == 1:
+            digit = pl.when(digit > 4).then(digit * 2 - 9).otherwise(digit * 2)
+        total = total + digit
+    return total % 10 == 0
 
 
 # Reusable field types. Bounds and lengths are plain Pydantic constraints, which the columnar
@@ -833,6 +872,10 @@ def _violations(array: pa.Array, rule: _ColumnRule) -> list[tuple[str, pa.Array]
     return [(problem, pc.fill_null(pc.and_(mask, valid), False)) for problem, mask in checks]
 
 
+def _num(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and value.is_integer() else str(value)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class RowCheck:
     """The verdict of `validate_rows`: which rows to keep and, for the others, why not.
@@ -911,30 +954,204 @@ def validate_rows(domain: Domain | str, data: pa.RecordBatch | pa.Table) -> RowC
     if missing:
         raise SchemaError(f"{domain} batch is missing required column(s): {', '.join(missing)}")
 
-    parts: list[pa.Array] = []
-    for field in schema:
-        if field.name not in names:
-            continue
-        array = _as_array(data.column(field.name))
-        if not (pa.types.is_large_string(array.type) and pa.types.is_string(field.type)):
-            array = _cast_column(domain, field, array)
-        problems = _violations(array, rules[field.name])
-        if not field.nullable and array.null_count:
-            problems.insert(0, ("missing", pc.is_null(array)))
-        for problem, bad in problems:
-            if pc.any(bad).as_py():
-                parts.append(
-                    pc.if_else(bad, pa.scalar(f"{field.name}: {problem}"), pa.scalar(None, pa.string()))
-                )
+    frame = pl.from_arrow(pa.table(_present_columns(domain, data, names)))
+    assert isinstance(frame, pl.DataFrame)  # noqa: S101 - from_arrow of a table is a frame
     num_rows: int = data.num_rows
-    if not parts:
-        return RowCheck(keep=pa.repeat(pa.scalar(True), num_rows), reasons=pa.nulls(num_rows, pa.string()))
-    reasons = parts[0]
-    for part in parts[1:]:
-        # join where both have a reason, else whichever has one (null_handling="skip" drops rows)
-        reasons = pc.coalesce(pc.binary_join_element_wise(reasons, part, "; "), reasons, part)
-    return RowCheck(keep=pc.is_null(reasons), reasons=reasons)
+    checks = [rule for rule in _ROW_RULES[domain] if rule.column in names]
+    reasons = pl.Series("reason", [None] * num_rows, pl.String)
+    if checks and num_rows:
+        flagged = frame.select(pl.any_horizontal(rule.flag for rule in checks)).to_series()
+        if flagged.any():
+            rows = flagged.arg_true()
+            reasons = reasons.scatter(rows, row_reasons(domain, frame[rows], checks))
+    text = reasons.to_arrow().cast(pa.string())
+    return RowCheck(keep=pc.is_null(text), reasons=text)
 
 
-def _num(value: float) -> str:
-    return str(int(value)) if math.isfinite(value) and value.is_integer() else str(value)
+def _present_columns(
+    domain: Domain, data: pa.RecordBatch | pa.Table, names: list[str]
+) -> dict[str, pa.Array]:
+    """The canonical columns in ``data``, cast safely to their canonical types (text may stay large)."""
+    columns: dict[str, pa.Array] = {}
+    for field in ARROW_SCHEMAS[domain]:
+        if field.name in names:
+            array = _as_array(data.column(field.name))
+            if not (pa.types.is_large_string(array.type) and pa.types.is_string(field.type)):
+                array = _cast_column(domain, field, array)
+            columns[field.name] = array
+    return columns
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RowRule:
+    """One value rule of one canonical column as Polars expressions: the columnar twin of the models.
+
+    Attributes
+    ----------
+    column
+        The canonical column the rule reads (with its canonical type).
+    problem
+        What is wrong with a breaking row, e.g. ``"above 90"``; never the value.
+    flag
+        Boolean expression, true (never null) where a row may break the rule. Cheap enough to run on
+        every row of a batch.
+    confirm
+        ``None`` when ``flag`` is exact; otherwise the exact (costlier) test, only worth running on
+        flagged rows (the card-number check: 13-19 digits flags, the Luhn check digit confirms).
+    on_null
+        True for the rule that flags nulls (a required column's "missing"); every other rule
+        passes a null.
+    per_value
+        True when the rule tests a text value against a set or a pattern and the column usually
+        holds few distinct values (codes, enumerations): checking the distinct values once is
+        cheaper than checking every row.
+    """
+
+    column: str
+    problem: str
+    flag: pl.Expr
+    confirm: pl.Expr | None = None
+    on_null: bool = False
+    per_value: bool = False
+
+    def applies(self, nulls: int, rows: int) -> bool:
+        """Whether the rule can flag anything in a column with ``nulls`` nulls out of ``rows``.
+
+        Only the "missing" rule (``on_null``) looks at nulls; every other rule skips them.
+        """
+        return nulls > 0 if self.on_null else nulls < rows
+
+    @property
+    def reason(self) -> str:
+        """``"column: problem"``, as dead letters and `validate_rows` report it."""
+        return f"{self.column}: {self.problem}"
+
+    @property
+    def exact(self) -> pl.Expr:
+        """True (never null) exactly where a row breaks the rule."""
+        return self.flag if self.confirm is None else self.flag & self.confirm.fill_null(False)
+
+
+def _row_rules(domain: Domain) -> tuple[RowRule, ...]:
+    """Every rule of every column of a domain, in schema order, in `_violations` order per column."""
+    found: list[RowRule] = []
+    for field in ARROW_SCHEMAS[domain]:
+        rule = _COLUMN_RULES[domain][field.name]
+        column = pl.col(field.name)
+        checks: list[tuple[str, pl.Expr, pl.Expr | None]] = []
+        per_value: set[str] = set()
+        if not field.nullable:
+            found.append(RowRule(field.name, "missing", column.is_null(), on_null=True))
+        numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+        floating = pa.types.is_floating(field.type)
+        if floating:
+            checks.append(("not a finite number", ~column.is_finite(), None))
+        # Polars orders NaN above every number; Arrow (and the model path) never calls NaN out of range.
+        ordered = column.is_not_nan() if floating else pl.lit(True)
+        low, high = _type_range(field.type)
+        if rule.min_value is not None and numeric and rule.min_value > low:
+            checks.append((f"below {_num(rule.min_value)}", (column < rule.min_value) & ordered, None))
+        if rule.max_value is not None and numeric and rule.max_value < high:
+            checks.append((f"above {_num(rule.max_value)}", (column > rule.max_value) & ordered, None))
+        if pa.types.is_string(field.type):
+            if rule.min_length is not None:
+                # counting bytes is free and equivalent for "at least one character"
+                short = (
+                    column.str.len_bytes() < 1
+                    if rule.min_length == 1
+                    else column.str.len_chars() < rule.min_length
+                )
+                checks.append((f"shorter than {rule.min_length} character(s)", short, None))
+            if rule.max_length is not None:
+                # more characters than allowed implies more bytes: bytes (free) flag, characters confirm
+                checks.append(
+                    (
+                        f"longer than {rule.max_length} characters",
+                        column.str.len_bytes() > rule.max_length,
+                        column.str.len_chars() > rule.max_length,
+                    )
+                )
+            if rule.allowed is not None:
+                problem = f"not one of {', '.join(rule.allowed)}"
+                checks.append((problem, ~column.is_in(rule.allowed), None))
+                per_value.add(problem)
+            for value_rule in rule.value_rules:
+                flag, confirm = value_rule.flags(column)
+                checks.append((value_rule.message, flag, confirm))
+                if isinstance(value_rule, _Matches):
+                    per_value.add(value_rule.message)
+        valid = column.is_not_null()
+        found.extend(
+            RowRule(
+                field.name, problem, (valid & flag).fill_null(False), confirm, per_value=problem in per_value
+            )
+            for problem, flag, confirm in checks
+        )
+    return tuple(found)
+
+
+def _type_range(type_: pa.DataType) -> tuple[float, float]:
+    """The values an integer type can hold (a bound at or past them needs no check)."""
+    if pa.types.is_integer(type_):
+        bits = type_.bit_width
+        if pa.types.is_signed_integer(type_):
+            return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+        return 0.0, 2.0**bits - 1
+    return -math.inf, math.inf
+
+
+_ROW_RULES: Mapping[Domain, tuple[RowRule, ...]] = types.MappingProxyType(
+    {domain: _row_rules(domain) for domain in Domain}
+)
+
+
+def row_rules(domain: Domain | str) -> tuple[RowRule, ...]:
+    """The value rules of a domain as Polars expressions over its canonical columns, in schema order.
+
+    The same rules as the models, `conform_batch` and `validate_rows` (IP addresses: characters
+    only). A normaliser folds every ``flag`` into its own query (one pass over the batch) and calls
+    `row_reasons` only for the rows flagged.
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame({"lat": [10.0, 91.2, None]})
+    >>> lat_rules = [rule for rule in row_rules("auth") if rule.column == "lat"]
+    >>> [rule.problem for rule in lat_rules]
+    ['not a finite number', 'below -90', 'above 90']
+    >>> frame.select(pl.any_horizontal(rule.flag for rule in lat_rules)).to_series().to_list()
+    [False, True, False]
+    """
+    return _ROW_RULES[_as_domain(domain)]
+
+
+def row_reasons(
+    domain: Domain | str, frame: pl.DataFrame, rules: Sequence[RowRule] | None = None
+) -> pl.Series:
+    """Why each row of ``frame`` breaks the domain's rules: null where it does not.
+
+    Every problem is ``"column: problem"``, joined by ``"; "``, in schema order. Meant for the rows
+    that `row_rules` flagged (it runs every exact check, some costly, on every row it is given).
+
+    Parameters
+    ----------
+    domain
+        The domain of every row.
+    frame
+        Canonical columns with their canonical types (any subset).
+    rules
+        The rules to apply; by default every rule whose column is in ``frame``.
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame({"card_id": ["4111111111111111", "4111111111111112", "tok_1"]})
+    >>> row_reasons("payment", frame).to_list()  # doctest: +NORMALIZE_WHITESPACE
+    ['card_id: looks like a raw card number (PAN); send a token or keyed hash instead', None, None]
+    """
+    if rules is None:
+        rules = [rule for rule in _ROW_RULES[_as_domain(domain)] if rule.column in frame.columns]
+    if not rules:
+        return pl.Series("reason", [None] * frame.height, pl.String)
+    joined = pl.concat_str(
+        [pl.when(rule.exact).then(pl.lit(rule.reason)) for rule in rules], separator="; ", ignore_nulls=True
+    )
+    return frame.select(pl.when(joined != "").then(joined).alias("reason")).to_series()

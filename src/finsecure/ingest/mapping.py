@@ -58,6 +58,7 @@ import yaml
 from finsecure.event.schemas import ARROW_SCHEMAS, Domain
 
 __all__ = [
+    "FIELD_TYPES",
     "FORMATS",
     "Condition",
     "DomainRule",
@@ -74,6 +75,8 @@ FORMATS: tuple[str, ...] = ("csv", "ndjson", "json-records", "parquet")
 """Raw formats a mapping can read."""
 
 CASTS: tuple[str, ...] = ("str", "int", "float", "bool")
+FIELD_TYPES: tuple[str, ...] = CASTS
+"""JSON types a ``read.fields`` hint may name."""
 TIME_UNITS: tuple[str, ...] = ("s", "ms", "us", "ns")
 COMPARISONS: tuple[str, ...] = (
     "equals",
@@ -129,6 +132,10 @@ class ReadSpec:
     records_path
         JSON: where the list of records sits in each document (``Records`` for CloudTrail); a
         document without it is taken as one record.
+    fields
+        NDJSON: the top-level fields records are expected to carry and their JSON types (one of
+        :data:`FIELD_TYPES`). A hint that lets the reader parse whole chunks with a fixed schema;
+        never a filter: records with other fields or other types are still read in full.
     """
 
     format: str
@@ -136,6 +143,7 @@ class ReadSpec:
     columns: tuple[str, ...] | None = None
     separator: str = ","
     records_path: str | None = None
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +244,10 @@ class Mapping:
         Named intermediate values, usable as ``$name`` by later vars and by fields.
     sensitive
         Columns kept out of dead letters (the inputs of ``hash`` fields, e.g. card numbers).
+    unknown_fields
+        ``ignore`` raw fields the mapping does not read (the default: raw feeds carry plenty), or
+        ``reject`` a record holding a non-null value in a field its domain rule does not read (for
+        canonical events, where such a field is a sender's mistake that would otherwise vanish).
     description, origin
         Free text; the file it came from (for error messages).
     """
@@ -248,6 +260,7 @@ class Mapping:
     unmatched_reason: str = _UNMATCHED
     vars: tuple[tuple[str, FieldSpec], ...] = ()
     sensitive: frozenset[str] = frozenset()
+    unknown_fields: Literal["ignore", "reject"] = "ignore"
     description: str = ""
     origin: str = "<dict>"
     domains: tuple[Domain, ...] = field(default=())
@@ -256,6 +269,22 @@ class Mapping:
     def from_dict(cls, data: object, *, origin: str = "<dict>") -> Mapping:
         """Build and check a mapping; raise :class:`MappingError` naming ``origin`` and the key path."""
         return _Parser(origin).mapping(data)
+
+    def read_columns(self) -> frozenset[str] | None:
+        """The raw columns the mapping reads, or ``None`` when every column matters (``unknown_fields:
+        reject`` looks at all of them). Readers may skip the others. A path names both its first part
+        and itself, since a column may also be called ``a.b``.
+
+        >>> sorted(Mapping.from_dict({
+        ...     "name": "m", "read": {"format": "csv"}, "domain": "auth",
+        ...     "fields": {"ts": {"column": "when.utc", "timestamp": {"unit": "s"}}, "user_id": "who"},
+        ... }).read_columns() or [])
+        ['when', 'when.utc', 'who']
+        """
+        if self.unknown_fields == "reject":
+            return None
+        paths = {ref for ref in self.references() if not ref.startswith("$")}
+        return frozenset(paths | {path.split(".", 1)[0] for path in paths})
 
     def references(self) -> set[str]:
         """Every raw column path (and ``$name``) the mapping reads."""
@@ -325,6 +354,7 @@ class _Parser:
             "vars",
             "unmatched",
             "unmatched_reason",
+            "unknown_fields",
         )
         self.unknown(data, keys, "")
         name = self.text(data.get("name"), "name")
@@ -333,6 +363,9 @@ class _Parser:
         unmatched = data.get("unmatched", "reject")
         if unmatched not in ("reject", "skip"):
             raise self.fail("unmatched", "must be 'reject' or 'skip'")
+        unknown_fields = data.get("unknown_fields", "ignore")
+        if unknown_fields not in ("ignore", "reject"):
+            raise self.fail("unknown_fields", "must be 'ignore' or 'reject'")
         vars_: list[tuple[str, FieldSpec]] = []
         for var_name, spec in self.mapping_of(data.get("vars", {}), "vars").items():
             if _VAR_NAME.fullmatch(var_name) is None:
@@ -375,6 +408,7 @@ class _Parser:
             unmatched_reason=self.text(data.get("unmatched_reason", _UNMATCHED), "unmatched_reason"),
             vars=tuple(vars_),
             sensitive=sensitive,
+            unknown_fields=unknown_fields,
             description=str(data.get("description", "")),
             origin=self.origin,
             domains=tuple(dict.fromkeys(rule.domain for rule in rules)),
@@ -407,7 +441,7 @@ class _Parser:
 
     def read(self, raw: object, path: str) -> ReadSpec:
         data = self.mapping_of(raw, path)
-        self.unknown(data, ("format", "header", "columns", "separator", "records_path"), path)
+        self.unknown(data, ("format", "header", "columns", "separator", "records_path", "fields"), path)
         fmt = data.get("format")
         if fmt not in FORMATS:
             raise self.fail(f"{path}.format", f"must be one of {', '.join(FORMATS)}")
@@ -427,12 +461,19 @@ class _Parser:
         records_path = data.get("records_path")
         if records_path is not None:
             records_path = self.text(records_path, f"{path}.records_path")
+        hints = self.mapping_of(data.get("fields", {}), f"{path}.fields")
+        for name, kind in hints.items():
+            if kind not in FIELD_TYPES:
+                raise self.fail(f"{path}.fields.{name}", f"must be one of {', '.join(FIELD_TYPES)}")
+        if hints and fmt != "ndjson":
+            raise self.fail(f"{path}.fields", "only NDJSON reading takes field hints")
         return ReadSpec(
             format=fmt,
             header=header,
             columns=tuple(columns) if columns is not None else None,
             separator=separator,
             records_path=records_path,
+            fields=tuple(hints.items()),
         )
 
     def fields(

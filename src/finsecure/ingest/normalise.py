@@ -1,10 +1,17 @@
 """Turn raw chunks into canonical frames, one per domain, with a dead letter for every bad record.
 
 :class:`Normaliser` compiles a :class:`~finsecure.ingest.mapping.Mapping` into Polars expressions:
-once per shape of input (a CSV file has one shape; NDJSON chunks may have a few), cached, so the
-per-chunk work is a handful of columnar ``select`` calls and the schema's vectorised row checks
-(:func:`finsecure.event.schemas.validate_rows`). No Python runs per record, except the keyed hash,
-which runs once per *distinct* value in a chunk.
+once per shape of input (a CSV file has one shape; NDJSON chunks may have a few), cached. Each
+domain rule is compiled twice: a *fast* reading (numbers and booleans in their plain spelling only,
+whole-number times in integer arithmetic) and the *exact* one (trimming, ``5.0`` as an integer,
+``YES`` as true...). Per chunk, one query computes the fast values, a second the flags of the
+schema's rules (:func:`finsecure.event.schemas.row_rules`, skipping columns that cannot break them);
+only the rows flagged, usually none, are read again the exact way, which keeps what it can read and
+spells out why it rejects the rest. No Python runs per record, except the keyed hash, which runs
+once per *distinct* value in a chunk.
+
+A mapping with ``unknown_fields: reject`` (canonical events) also rejects a record holding a value
+in a field its domain does not have, naming the field: ``"dst_port: not a field of payment events"``.
 
 Every rejected record becomes a dead letter naming its source, offset and why (``"amount: not a
 number"``, ``"lat: above 90"``) — fields, never values. The rest of the chunk carries on.
@@ -33,6 +40,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import re
+import threading
 import types
 from collections.abc import Callable
 from collections.abc import Mapping as AbcMapping
@@ -43,9 +52,17 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from finsecure.event.schemas import ARROW_SCHEMAS, Domain, validate_rows
+from finsecure.event.schemas import ARROW_SCHEMAS, Domain, RowRule, row_rules
 from finsecure.ingest.deadletter import dead_letters
-from finsecure.ingest.mapping import Condition, FieldSpec, Mapping, TimestampSpec, template_columns
+from finsecure.ingest.mapping import (
+    Condition,
+    DomainRule,
+    FieldSpec,
+    Mapping,
+    TimestampSpec,
+    condition_columns,
+    template_columns,
+)
 from finsecure.ingest.readers import OFFSET_COLUMN
 
 __all__ = ["DEV_HASH_KEY", "NormaliseResult", "Normaliser", "canonical_polars_schema"]
@@ -55,8 +72,14 @@ DEV_HASH_KEY = b"finsecure-development-only-token-key"
 
 _TRUE = ("true", "t", "yes", "y", "1", "1.0")
 _FALSE = ("false", "f", "no", "n", "0", "0.0")
+_BOOL_TEXT = {**dict.fromkeys(_TRUE, True), **dict.fromkeys(_FALSE, False)}
+_EXACT_IN_FLOAT = 2**53
+"""Whole numbers below this are exact in a float64: integer and float arithmetic agree."""
+_LITERAL_PATTERN = re.compile(r"(\^?)([A-Za-z0-9_ -]+)(\$?)")
 _ROW = "__row"
 _DOMAIN = "__domain"
+_ALWAYS_SET = frozenset({"event_id", "domain", "source", "tenant"})
+"""Canonical columns a normaliser fills even when the mapping does not name them."""
 _UNITS_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 _TS = pl.Datetime("us", "UTC")
 _MAX_PLANS = 64
@@ -77,6 +100,11 @@ _POLARS_SCHEMAS: AbcMapping[Domain, pl.Schema] = types.MappingProxyType(
         domain: pl.from_arrow(ARROW_SCHEMAS[domain].empty_table()).schema  # type: ignore[union-attr]
         for domain in Domain
     }
+)
+
+
+_EMPTY: AbcMapping[Domain, pl.DataFrame] = types.MappingProxyType(
+    {domain: pl.DataFrame(schema=schema) for domain, schema in _POLARS_SCHEMAS.items()}
 )
 
 
@@ -125,14 +153,56 @@ class _Plan:
 
 
 @dataclass
-class _Output:
-    """The compiled fields of one domain rule."""
+class _Compiled:
+    """The expressions of one domain rule: staged layers, canonical values, failure masks."""
 
-    domain: Domain
     layers: list[list[pl.Expr]]
     values: list[pl.Expr]
     failures: list[pl.Expr]
     problems: list[str]
+
+
+class _Output:
+    """One domain rule compiled twice: a fast version for every row, an exact one for flagged rows.
+
+    The fast version reads only plain spellings of numbers and booleans; a row it cannot read, or that
+    any schema rule flags, goes through the exact version, which also spells out the reasons. Each
+    is compiled when first needed: a file of one domain never pays for the other rules, and a clean
+    file never for the exact version.
+    """
+
+    def __init__(
+        self,
+        compiler: _Compiler,
+        rule: DomainRule,
+        unknown: list[tuple[str, str]],
+        rules: tuple[RowRule, ...],
+    ) -> None:
+        self.domain = rule.domain
+        self.rules = rules
+        self._compiler = compiler
+        self._rule = rule
+        self._unknown = unknown
+        self._compiled: dict[bool, _Compiled] = {}
+
+    @property
+    def fast(self) -> _Compiled:
+        return self._compile(fast=True)
+
+    @property
+    def exact(self) -> _Compiled:
+        return self._compile(fast=False)
+
+    def _compile(self, *, fast: bool) -> _Compiled:
+        compiled = self._compiled.get(fast)
+        if compiled is None:
+            with self._compiler.lock:  # the compiler's names and types are shared by its outputs
+                compiled = self._compiled.get(fast)
+                if compiled is None:
+                    compiled = self._compiled[fast] = self._compiler.output(
+                        self._rule, self._unknown, fast=fast
+                    )
+        return compiled
 
 
 class _Track:
@@ -219,93 +289,121 @@ class Normaliser:
         NormaliseResult
             Canonical frames per domain and dead letters; never raises for bad records.
         """
-        if OFFSET_COLUMN in raw.columns:
-            raw = raw.with_columns(pl.col(OFFSET_COLUMN).cast(pl.Int64))
-        else:
+        if OFFSET_COLUMN not in raw.columns:
             raw = raw.with_columns(
                 pl.int_range(first_offset, first_offset + raw.height, dtype=pl.Int64).alias(OFFSET_COLUMN)
             )
+        elif raw.schema[OFFSET_COLUMN] != pl.Int64:
+            raw = raw.with_columns(pl.col(OFFSET_COLUMN).cast(pl.Int64))
         plan = self._plan(raw.schema)
         stage = raw.lazy().select(
             pl.col(OFFSET_COLUMN), pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW), *plan.slots
         )
         if plan.stage_vars:
             stage = stage.with_columns(plan.stage_vars)
-        if plan.domain_index is not None:
-            stage = stage.with_columns(plan.domain_index.alias(_DOMAIN))
-        staged = stage.collect()
 
         frames: dict[Domain, pl.DataFrame] = {}
         rejected: list[tuple[pl.DataFrame, Domain | None]] = []
         skipped = 0
-        if plan.domain_index is not None:
-            unmatched = staged.filter(pl.col(_DOMAIN).is_null())
-            if unmatched.height:
+        routed: list[tuple[_Output, pl.LazyFrame | None]]
+        if plan.domain_index is None:
+            # one rule: staging and building run as one query, nothing is materialised in between
+            routed = [(plan.outputs[0], stage)]
+        else:
+            staged = stage.with_columns(plan.domain_index.alias(_DOMAIN)).collect()
+            index = staged[_DOMAIN]
+            if index.null_count():
+                unmatched = staged.filter(pl.col(_DOMAIN).is_null())
                 if self.mapping.unmatched == "skip":
                     skipped = unmatched.height
                 else:
                     reasons = pl.Series("reason", [self.mapping.unmatched_reason] * unmatched.height)
                     rejected.append((unmatched.select(_ROW, OFFSET_COLUMN).with_columns(reasons), None))
-        for index, output in enumerate(plan.outputs):
+            present = set(index.drop_nulls().unique().to_list())
+            whole = len(present) == 1 and not index.null_count()
+            routed = [
+                (
+                    output,
+                    None
+                    if position not in present
+                    else staged.lazy()
+                    if whole
+                    else staged.lazy().filter(pl.col(_DOMAIN) == position),
+                )
+                for position, output in enumerate(plan.outputs)
+            ]
+        for output, rows in routed:
             domain = output.domain
-            rows = staged if plan.domain_index is None else staged.filter(pl.col(_DOMAIN) == index)
-            good, bad = self._build(rows, output)
-            frames[domain] = frames[domain].vstack(good) if domain in frames else good
-            if bad.height:
-                rejected.append((bad, domain))
+            if rows is None:
+                good = frames.get(domain, self.empty(domain))
+            else:
+                good, bad = self._build(rows, output)
+                if bad is not None:
+                    rejected.append((bad, domain))
+            frames[domain] = frames[domain].vstack(good) if domain in frames and rows is not None else good
         return NormaliseResult(frames=frames, rejects=self._dead_letters(raw, rejected), skipped=skipped)
 
     def empty(self, domain: Domain) -> pl.DataFrame:
         """A canonical frame of ``domain`` with no rows."""
-        return pl.DataFrame(schema=_POLARS_SCHEMAS[domain])
+        return _EMPTY[domain]
 
     # -- per chunk ----------------------------------------------------------------------------------
 
-    def _build(self, rows: pl.DataFrame, output: _Output) -> tuple[pl.DataFrame, pl.DataFrame]:
-        domain, problems = output.domain, output.problems
-        schema = _POLARS_SCHEMAS[domain]
-        lazy = rows.lazy()
-        for layer in output.layers:
-            lazy = lazy.with_columns(layer)
-        out = lazy.select(pl.col(_ROW), pl.col(OFFSET_COLUMN), *output.values, *output.failures).collect()
-        fail_names = [f"__fail{i}" for i in range(len(output.failures))]
-        cast_reason: pl.Series | None = None
-        if fail_names:
-            any_fail = out.select(pl.any_horizontal(fail_names).fill_null(False)).to_series()
-            if any_fail.any():
-                cast_reason = out.select(
-                    pl.when(pl.any_horizontal(fail_names))
-                    .then(
-                        pl.concat_str(
-                            [
-                                pl.when(pl.col(n)).then(pl.lit(p))
-                                for n, p in zip(fail_names, problems, strict=True)
-                            ],
-                            separator="; ",
-                            ignore_nulls=True,
-                        )
-                    )
-                    .alias("reason")
-                ).to_series()
-            out = out.drop(fail_names)
-        canonical = out.select(list(schema))
-        check = validate_rows(domain, canonical.to_arrow())
-        reasons = check.reasons
-        if cast_reason is not None:
-            first = cast_reason.to_arrow().cast(pa.string())
-            joined = pc.binary_join_element_wise(first, reasons, "; ")
-            reasons = pc.coalesce(joined, first, reasons)
-        if reasons.null_count == len(reasons):
-            return canonical, out.clear().select(_ROW, OFFSET_COLUMN).with_columns(
-                reason=pl.lit(None, pl.String)
-            )
-        keep = pl.Series(pc.is_null(reasons))
-        bad = out.select(_ROW, OFFSET_COLUMN).with_columns(reason=pl.Series(reasons.cast(pa.large_string())))
-        return canonical.filter(keep), bad.filter(~keep)
+    def _build(self, rows: pl.LazyFrame, output: _Output) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """Canonical rows of one domain rule, and the rejected ones (``_ROW``, offset, reason) if any.
+
+        One query computes the fast values and their failures, a second the flags of every schema
+        rule that can flag anything. Only the rows flagged (usually none) go through the exact
+        conversion, which keeps what it can read and spells out why it rejects the rest.
+        """
+        names = list(_POLARS_SCHEMAS[output.domain])
+        fast = output.fast
+        out = _values(rows, fast)
+        # rules of columns that are null on every row (or "missing" of columns with no null) cannot
+        # flag anything: skip them, it halves the checks of sparse canonical data
+        nulls = dict(zip(out.columns, out.null_count().row(0), strict=True))
+        masks = [pl.col(name) for name in _fail_names(fast)]
+        distinct: dict[str, pl.DataFrame] = {}
+        for rule in output.rules:
+            if not rule.applies(nulls[rule.column], out.height):
+                continue
+            if not rule.per_value:
+                masks.append(rule.flag)
+                continue
+            # codes and enumerations: test each distinct value once, then flag only the rows holding
+            # a bad one (none, almost always)
+            if rule.column not in distinct:
+                distinct[rule.column] = out.select(pl.col(rule.column).unique())
+            breaking = distinct[rule.column].filter(rule.flag)[rule.column]
+            if breaking.len():
+                masks.append(pl.col(rule.column).is_in(breaking.implode()))
+        if not masks:
+            return out.select(names), None
+        flags = out.select(pl.any_horizontal(masks)).to_series()
+        if not flags.any():
+            return out.select(names), None
+        flagged = out.filter(flags)[_ROW].implode()
+        exact = output.exact
+        redo = _values(rows.filter(pl.col(_ROW).is_in(flagged)), exact)
+        reasons: list[pl.Expr] = [
+            pl.when(pl.col(name)).then(pl.lit(problem))
+            for name, problem in zip(_fail_names(exact), exact.problems, strict=True)
+        ]
+        reasons.extend(pl.when(rule.exact).then(pl.lit(rule.reason)) for rule in output.rules)
+        joined = pl.concat_str(reasons, separator="; ", ignore_nulls=True)
+        redo = redo.with_columns(pl.when(joined != "").then(joined).alias("reason"))
+        rejected = redo["reason"].is_not_null()
+        bad = redo.filter(rejected).select(_ROW, OFFSET_COLUMN, "reason")
+        good = out.filter(~flags).select(_ROW, *names)
+        if bad.height < redo.height:  # flagged by the fast pass, fine by the exact one: back in order
+            good = pl.concat([good, redo.filter(~rejected).select(_ROW, *names)]).sort(_ROW)
+        return good.select(names), bad if bad.height else None
 
     def _dead_letters(
         self, raw: pl.DataFrame, rejected: list[tuple[pl.DataFrame, Domain | None]]
     ) -> pa.Table:
+        if not rejected:
+            return dead_letters(source=self.source_name, reasons=[], offsets=[], raws=[])
         tables = []
         body = raw.drop(OFFSET_COLUMN)
         sensitive = [name for name in self.mapping.sensitive if name in body.columns]
@@ -342,8 +440,8 @@ class Normaliser:
             plan = self._plans[key] = _Compiler(self, schema).plan()
         return plan
 
-    def keyed_hash(self, series: pl.Series) -> pl.Series:
-        """HMAC-SHA256 tokens (32 hex characters) of text values, computed once per distinct value."""
+    def keyed_hash(self, series: pl.Series, prefix: str = "") -> pl.Series:
+        """HMAC-SHA256 tokens (``prefix`` + 32 hex characters) of text values, once per distinct value."""
         text = series.cast(pl.String)
         uniques = text.drop_nulls().unique()
         key, cache = self.hash_key, self._tokens
@@ -354,7 +452,7 @@ class Normaliser:
             token = cache.get(value)
             if token is None:
                 token = cache[value] = hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
-            tokens.append(token)
+            tokens.append(prefix + token)
         return text.replace_strict(
             uniques, pl.Series(tokens, dtype=pl.String), default=None, return_dtype=pl.String
         )
@@ -370,6 +468,9 @@ class _Compiler:
         self.columns: dict[str, str] = {}  # reference -> staged column name
         self.stage_schema: dict[str, pl.DataType] = {OFFSET_COLUMN: pl.Int64(), _ROW: pl.Int64()}
         self.counter = 0
+        self.fast = False
+        self.lock = threading.Lock()
+        self.absent: set[str] = set()  # references to columns this input does not have
 
     def plan(self) -> _Plan:
         slots: list[pl.Expr] = []
@@ -401,18 +502,74 @@ class _Compiler:
                     else chain.when(test).then(pl.lit(index))
                 )
             domain_index = chain.otherwise(pl.lit(None)).cast(pl.Int32)
+        unknown = self.unknown_columns(slots)
         outputs = []
         for rule in rules:
-            output = _Output(rule.domain, [], [], [], [])
-            for name, dtype in _POLARS_SCHEMAS[rule.domain].items():
-                track = _Track(self, output.layers)
-                compiled = self.canonical(rule.domain, name, dtype, rule.fields.get(name), track)
-                output.values.append(compiled.value.alias(name))
-                for mask, problem in compiled.failures:
-                    output.failures.append(mask.fill_null(False).alias(f"__fail{len(output.failures)}"))
-                    output.problems.append(f"{name}: {problem}")
-            outputs.append(output)
+            # columns that are null whatever the row need no checks (their "missing" checks are kept)
+            unset = {
+                name
+                for name in _POLARS_SCHEMAS[rule.domain]
+                if name not in _ALWAYS_SET and (name not in rule.fields or self.unset(rule.fields[name]))
+            }
+            checks = tuple(
+                check
+                for check in row_rules(rule.domain)
+                if check.column not in unset or check.problem == "missing"
+            )
+            outputs.append(_Output(self, rule, unknown.get(id(rule), []), checks))
         return _Plan(slots=slots, stage_vars=stage_vars, domain_index=domain_index, outputs=outputs)
+
+    def output(self, rule: DomainRule, unknown: list[tuple[str, str]], *, fast: bool) -> _Compiled:
+        """The expressions of one domain rule, the fast or the exact version."""
+        self.fast = fast
+        try:
+            return self._output(rule, unknown)
+        finally:
+            self.fast = False
+
+    def _output(self, rule: DomainRule, unknown: list[tuple[str, str]]) -> _Compiled:
+        output = _Compiled([], [], [], [])
+        for column, slot in unknown:
+            output.failures.append(pl.col(slot).alias(f"__fail{len(output.failures)}"))
+            output.problems.append(f"{_short(column)}: not a field of {rule.domain} events")
+        for name, dtype in _POLARS_SCHEMAS[rule.domain].items():
+            track = _Track(self, output.layers)
+            compiled = self.canonical(rule.domain, name, dtype, rule.fields.get(name), track)
+            output.values.append(compiled.value.alias(name))
+            for mask, problem in compiled.failures:
+                output.failures.append(mask.fill_null(False).alias(f"__fail{len(output.failures)}"))
+                output.problems.append(f"{name}: {problem}")
+        return output
+
+    def unset(self, spec: FieldSpec) -> bool:
+        """Whether a field is null on every row of this input: it reads only absent columns."""
+        return bool(spec.columns) and spec.fill is None and all(ref in self.absent for ref in spec.columns)
+
+    def unknown_columns(self, slots: list[pl.Expr]) -> dict[int, list[tuple[str, str]]]:
+        """Per rule (by ``id``), the raw columns it does not read with the staged "has a value" mask.
+
+        Only for mappings with ``unknown_fields: reject``; appends the masks to ``slots``.
+        """
+        if self.mapping.unknown_fields != "reject":
+            return {}
+        shared = {ref for _, spec in self.mapping.vars for ref in spec.references()}
+        masks: dict[str, str] = {}
+        found: dict[int, list[tuple[str, str]]] = {}
+        for rule in self.mapping.rules:
+            refs = shared | (condition_columns(rule.when) if rule.when is not None else set())
+            for spec in rule.fields.values():
+                refs |= spec.references()
+            allowed = refs | {ref.split(".", 1)[0] for ref in refs}
+            for position, column in enumerate(self.raw_schema):
+                if column == OFFSET_COLUMN or column in allowed:
+                    continue
+                if column not in masks:
+                    masks[column] = f"__u{len(masks)}"
+                    # by position: senders choose names, and pl.col reads "*" or "^...$" as patterns
+                    slots.append(pl.nth(position).is_not_null().alias(masks[column]))
+                    self.stage_schema[masks[column]] = pl.Boolean()
+                found.setdefault(id(rule), []).append((column, masks[column]))
+        return found
 
     # -- raw column paths ---------------------------------------------------------------------------
 
@@ -422,6 +579,7 @@ class _Compiler:
             return _scalar(pl.col(ref), self.raw_schema[ref])
         head, *rest = ref.split(".")
         if head not in self.raw_schema or not rest:
+            self.absent.add(ref)
             return pl.lit(None, pl.String), pl.String()
         expr: pl.Expr = pl.col(head)
         dtype: pl.DataType = self.raw_schema[head]
@@ -479,7 +637,7 @@ class _Compiler:
             }
             return tests[op]
         if op == "matches":
-            return _text(expr, dtype).str.contains(value)
+            return _matches(_text(expr, dtype), value)
         values = list(value) if op in ("in", "not_in") else [value]
         numeric = dtype.is_numeric() and all(
             isinstance(v, int | float) and not isinstance(v, bool) for v in values
@@ -546,7 +704,7 @@ class _Compiler:
             text = _text(expr, dtype)
             expr = pl.when(text.is_in(list(spec.null_if))).then(None).otherwise(expr)
         if spec.null_unless is not None:
-            expr = pl.when(_text(expr, dtype).str.contains(spec.null_unless)).then(expr).otherwise(None)
+            expr = pl.when(_matches(_text(expr, dtype), spec.null_unless)).then(expr).otherwise(None)
         if spec.map is not None:
             keys = [k for k, _ in spec.map]
             mapped = [v for _, v in spec.map]
@@ -559,11 +717,15 @@ class _Compiler:
             dtype = self.dtype(expr)
         if spec.cast is not None:
             target = _CAST_TYPES[spec.cast]
-            expr, fails = track.checked(expr, functools.partial(_convert, dtype=dtype, target=target))
+            expr, fails = track.checked(
+                expr, functools.partial(_convert, dtype=dtype, target=target, fast=self.fast)
+            )
             failures.extend(fails)
             dtype = target
         if spec.scale is not None:
-            expr, fails = track.checked(expr, functools.partial(_convert, dtype=dtype, target=pl.Float64()))
+            expr, fails = track.checked(
+                expr, functools.partial(_convert, dtype=dtype, target=pl.Float64(), fast=self.fast)
+            )
             failures.extend(fails)
             expr, dtype = expr * spec.scale, pl.Float64()
         if spec.timestamp is not None:
@@ -571,10 +733,9 @@ class _Compiler:
             expr, fails = track.checked(expr, parse)
             failures.extend(fails)
         if spec.hash:
-            hashed = track.keep(
-                _text(expr, dtype).map_batches(self.normaliser.keyed_hash, return_dtype=pl.String)
-            )
-            expr = pl.concat_str([pl.lit(spec.hash_prefix), hashed]) if spec.hash_prefix else hashed
+            # the prefix is added per distinct value, inside the hash, not to every row afterwards
+            tokens = functools.partial(self.normaliser.keyed_hash, prefix=spec.hash_prefix)
+            expr = track.keep(_text(expr, dtype).map_batches(tokens, return_dtype=pl.String))
         if spec.truncate is not None:
             expr = _text(expr, self.dtype(expr)).str.slice(0, spec.truncate)
         if spec.fill is not None:
@@ -585,10 +746,16 @@ class _Compiler:
         self, expr: pl.Expr, dtype: pl.DataType, spec: TimestampSpec
     ) -> tuple[pl.Expr, list[tuple[pl.Expr, str]]]:
         if spec.unit is not None:
-            number, _ = _convert(expr, dtype, pl.Float64())
+            problem = (
+                f"not a valid time (expected a number of {spec.unit} since {spec.start or 'the Unix epoch'})"
+            )
+            whole = self.whole_time(expr, dtype, spec) if self.fast else None
+            if whole is not None:
+                return whole, [(expr.is_not_null() & whole.is_null(), problem)]
+            number, _ = _convert(expr, dtype, pl.Float64(), fast=self.fast)
             micros = number * _UNITS_TO_US[spec.unit]
             if spec.days_column is not None:
-                days, _ = _convert(*self.ref(spec.days_column), pl.Float64())
+                days, _ = _convert(*self.ref(spec.days_column), pl.Float64(), fast=self.fast)
                 micros = micros + days * 86_400_000_000
             base = 0
             if spec.start is not None:
@@ -597,18 +764,19 @@ class _Compiler:
             ok = micros.is_finite() & (micros.abs() < 2**62)
             as_int = pl.when(ok).then(micros.round(0)).otherwise(None).cast(pl.Int64, strict=False) + base
             result = pl.from_epoch(as_int, time_unit="us").dt.replace_time_zone("UTC")
-            problem = (
-                f"not a valid time (expected a number of {spec.unit} since {spec.start or 'the Unix epoch'})"
-            )
             return result, [(expr.is_not_null() & result.is_null(), problem)]
         if isinstance(dtype, pl.Datetime):
             return self.datetime(expr, dtype, spec.timezone)
         text = _text(expr, dtype)
         if spec.format in (None, "iso8601"):
-            parsed = text.str.strptime(_TS, "%+", strict=False)
+            parsed = text.str.strptime(_TS, "%+", strict=False, cache=False)
             if spec.timezone is not None:
-                naive = text.str.to_datetime(time_unit="us", strict=False, format="%Y-%m-%dT%H:%M:%S%.f")
-                spaced = text.str.to_datetime(time_unit="us", strict=False, format="%Y-%m-%d %H:%M:%S%.f")
+                naive = text.str.to_datetime(
+                    time_unit="us", strict=False, format="%Y-%m-%dT%H:%M:%S%.f", cache=False
+                )
+                spaced = text.str.to_datetime(
+                    time_unit="us", strict=False, format="%Y-%m-%d %H:%M:%S%.f", cache=False
+                )
                 local = pl.coalesce(naive, spaced).dt.replace_time_zone(
                     spec.timezone, ambiguous="earliest", non_existent="null"
                 )
@@ -617,16 +785,36 @@ class _Compiler:
         else:
             fmt = spec.format
             if "%z" in fmt or "%#z" in fmt or "%:z" in fmt:
-                parsed = text.str.strptime(_TS, fmt, strict=False)
+                parsed = text.str.strptime(_TS, fmt, strict=False, cache=False)
             else:
                 tz = spec.timezone or "UTC"
                 parsed = (
-                    text.str.strptime(pl.Datetime("us"), fmt, strict=False)
+                    text.str.strptime(pl.Datetime("us"), fmt, strict=False, cache=False)
                     .dt.replace_time_zone(tz, ambiguous="earliest", non_existent="null")
                     .dt.convert_time_zone("UTC")
                 )
             problem = f"not a valid time (expected {fmt})"
         return parsed, [(text.is_not_null() & parsed.is_null(), problem)]
+
+    def whole_time(self, expr: pl.Expr, dtype: pl.DataType, spec: TimestampSpec) -> pl.Expr | None:
+        """The fast reading of whole numbers of s/ms/us: integer arithmetic, no float detour.
+
+        Only for values whose microseconds stay below 2**53, where the exact (float) reading is
+        exact too, so both agree; anything else is null here and goes the exact way.
+        """
+        assert spec.unit is not None  # noqa: S101 - checked by the caller
+        scale = _UNITS_TO_US[spec.unit]
+        if not isinstance(scale, int) or not (dtype == pl.String or dtype.is_integer()):
+            return None
+        micros = _scaled(expr.cast(pl.Int64, strict=False), scale)
+        if spec.days_column is not None:
+            days, days_dtype = self.ref(spec.days_column)
+            if not (days_dtype == pl.String or days_dtype.is_integer()):
+                return None
+            micros = micros + _scaled(days.cast(pl.Int64, strict=False), 86_400_000_000)
+        base = int(spec.start.timestamp() * 1_000_000) if spec.start is not None else 0
+        micros = pl.when(micros.abs() < _EXACT_IN_FLOAT).then(micros) + base
+        return pl.from_epoch(micros, time_unit="us").dt.replace_time_zone("UTC")
 
     def datetime(
         self, expr: pl.Expr, dtype: pl.DataType, timezone: str | None
@@ -642,6 +830,8 @@ class _Compiler:
         self, domain: Domain, name: str, target: pl.DataType, spec: FieldSpec | None, track: _Track
     ) -> _Field:
         """A canonical column: the mapped value converted to the schema's type, or its default."""
+        if spec is not None and self.unset(spec):
+            return _Field(pl.lit(None, target))
         if spec is None:
             if name == "event_id":
                 return _Field(pl.format(self.normaliser._id_prefix + "{}", pl.col(OFFSET_COLUMN)))
@@ -660,7 +850,7 @@ class _Compiler:
                 expr, fails = track.checked(expr, lambda x: self.timestamp(x, dtype, iso))
                 failures = failures + fails
             return _Field(expr.cast(target), failures)
-        converted, fails = track.checked(expr, lambda x: _convert(x, dtype, target))
+        converted, fails = track.checked(expr, lambda x: _convert(x, dtype, target, fast=self.fast))
         return _Field(converted, failures + fails)
 
 
@@ -702,6 +892,43 @@ def _text(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return expr.cast(pl.String)
 
 
+def _scaled(number: pl.Expr, scale: int) -> pl.Expr:
+    """``number * scale`` where the product stays exact in a float (null otherwise, never overflowing)."""
+    return pl.when(number.abs() < _EXACT_IN_FLOAT // scale).then(number * scale)
+
+
+def _matches(text: pl.Expr, pattern: str) -> pl.Expr:
+    """Regex search; patterns that are plain text, maybe anchored (``_pos$``), use cheaper tests."""
+    literal = _LITERAL_PATTERN.fullmatch(pattern)
+    if literal is None:
+        return text.str.contains(pattern)
+    start, body, end = literal.groups()
+    if start and end:
+        return text == body
+    if start:
+        return text.str.starts_with(body)
+    if end:
+        return text.str.ends_with(body)
+    return text.str.contains(body, literal=True)
+
+
+def _fail_names(compiled: _Compiled) -> list[str]:
+    return [f"__fail{i}" for i in range(len(compiled.failures))]
+
+
+def _values(rows: pl.LazyFrame, compiled: _Compiled) -> pl.DataFrame:
+    """Row number, offset, canonical values and failure masks of ``rows``."""
+    lazy = rows
+    for layer in compiled.layers:
+        lazy = lazy.with_columns(layer)
+    return lazy.select(pl.col(_ROW), pl.col(OFFSET_COLUMN), *compiled.values, *compiled.failures).collect()
+
+
+def _short(name: str, limit: int = 64) -> str:
+    """A raw field name as dead-letter reasons show it: senders choose names, so cap their length."""
+    return name if len(name) <= limit else name[: limit - 1] + "\u2026"
+
+
 def _as_text(value: object) -> str | None:
     if value is None:
         return None
@@ -711,15 +938,18 @@ def _as_text(value: object) -> str | None:
 
 
 def _group_count(pattern: str) -> int:
-    import re
-
     return re.compile(pattern).groups
 
 
 def _convert(
-    expr: pl.Expr, dtype: pl.DataType, target: pl.DataType
+    expr: pl.Expr, dtype: pl.DataType, target: pl.DataType, *, fast: bool = False
 ) -> tuple[pl.Expr, list[tuple[pl.Expr, str]]]:
-    """Convert to ``target``; a value that is there but cannot be converted is a failure."""
+    """Convert to ``target``; a value that is there but cannot be converted is a failure.
+
+    ``fast`` reads only the plain spellings (``12.5``, ``7``, ``true``/``1``), skipping the trimming,
+    lower-casing and float-to-int detours that cost several passes; anything else fails and is sent
+    to the exact conversion. Where the fast one succeeds, both give the same value.
+    """
     if dtype == target:
         out = expr
         if target == pl.String:
@@ -731,19 +961,24 @@ def _convert(
     if dtype == pl.Null:
         return pl.lit(None, target), []
     if target == pl.Boolean:
-        lowered = _text(expr, dtype).str.strip_chars().str.to_lowercase()
-        out = pl.when(lowered.is_in(_TRUE)).then(True).when(lowered.is_in(_FALSE)).then(False).otherwise(None)
+        lowered = _text(expr, dtype)
+        if not fast:
+            lowered = lowered.str.strip_chars().str.to_lowercase()
+        out = lowered.replace_strict(_BOOL_TEXT, default=None, return_dtype=pl.Boolean)
         return out, [(expr.is_not_null() & out.is_null(), "not true/false")]
     if target.is_float():
-        source = expr.str.strip_chars() if dtype == pl.String else expr
+        source = expr.str.strip_chars() if dtype == pl.String and not fast else expr
         out = source.cast(target, strict=False)
         return out, [(expr.is_not_null() & out.is_null(), "not a number")]
     if target.is_integer():
         if dtype == pl.String:
-            text = expr.str.strip_chars()
-            number = pl.coalesce(
-                text.cast(pl.Int64, strict=False), _integral(text.cast(pl.Float64, strict=False))
-            )
+            if fast:
+                number = expr.cast(pl.Int64, strict=False)
+            else:
+                text = expr.str.strip_chars()
+                number = pl.coalesce(
+                    text.cast(pl.Int64, strict=False), _integral(text.cast(pl.Float64, strict=False))
+                )
         elif dtype.is_float():
             number = _integral(expr)
         else:

@@ -3,8 +3,10 @@
 Every reader yields :class:`RawChunk` objects: a Polars frame of raw records (at most ``chunk_rows``
 rows) whose :data:`OFFSET_COLUMN` holds each record's position in the source, plus dead letters for
 records that could not even be parsed. Compression is told by magic bytes, not by the file name:
-gzip files are decompressed on the fly; zip and tar archives are read member by member (offsets
-keep counting across members).
+gzip files are decompressed on the fly (by ISA-L in a background thread when the ``isal`` package is
+installed, several times faster than zlib); zip and tar archives are read member by member (offsets
+keep counting across members). CSV streams in blocks of whole records, each parsed by Polars, only
+the columns the mapping reads.
 
 Offsets count from 0: the data row for CSV (header excluded), the line for NDJSON (blank lines
 included), the record for JSON record files, the row for Parquet.
@@ -12,7 +14,10 @@ included), the record for JSON record files, the row for Parquet.
 The NDJSON reader has a fast path (Polars parses a whole chunk at once) and a slow path, taken
 only for a chunk that Polars refuses: each line is checked on its own, and lines that are not
 valid UTF-8, not valid JSON, not a JSON object, or longer than ``max_line_bytes`` become dead
-letters with their line number while every good line of the chunk is kept.
+letters with their line number while every good line of the chunk is kept. With field hints
+(``read.fields``, as canonical events have), the fast path parses with a fixed schema, several
+times faster than inferring one, and proves by counting that no field was left out (see
+:func:`_only_known_fields`); a chunk where it cannot goes the inferring way.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import json
 import tarfile
 import typing
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -107,6 +113,30 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
+def _gunzip(raw: IO[bytes]) -> IO[bytes]:
+    """A gzip stream's content. ISA-L, when installed, inflates several times faster than zlib and
+    does it in a background thread, so decompression overlaps with parsing (it releases the GIL)."""
+    try:
+        from isal import igzip_threaded
+    except ImportError:  # optional: the standard library does the same, only slower
+        return typing.cast("IO[bytes]", gzip.GzipFile(fileobj=raw))
+    # isal ships no annotations for igzip_threaded.open (it returns an io.BufferedReader)
+    stream = igzip_threaded.open(raw, "rb", threads=1, block_size=_READ_SIZE)  # type: ignore[no-untyped-call]
+    return typing.cast("IO[bytes]", stream)
+
+
+def _decompress_errors() -> tuple[type[Exception], ...]:
+    errors: list[type[Exception]] = [OSError, EOFError, zlib.error]
+    with contextlib.suppress(ImportError):
+        from isal import isal_zlib
+
+        errors.append(typing.cast("type[Exception]", isal_zlib.error))
+    return tuple(errors)
+
+
+_DECOMPRESS_ERRORS = _decompress_errors()
+
+
 @contextlib.contextmanager
 def _opened(path: Path) -> Iterator[list[tuple[str, IO[bytes], str | None]]]:
     """The decompressed byte streams of a file: itself, its gzip content, or each archive member."""
@@ -119,7 +149,7 @@ def _opened(path: Path) -> Iterator[list[tuple[str, IO[bytes], str | None]]]:
         kind = compression_of(raw.read(512))
         raw.seek(0)
         if kind == "gzip":
-            unzipped = typing.cast("IO[bytes]", gzip.GzipFile(fileobj=raw))
+            unzipped = _gunzip(raw)
             stack.callback(unzipped.close)
             yield [(str(path), unzipped, kind)]
         elif kind == "zip":
@@ -139,7 +169,11 @@ def _opened(path: Path) -> Iterator[list[tuple[str, IO[bytes], str | None]]]:
 
 
 def _with_offsets(frame: pl.DataFrame, offsets: np.ndarray[Any, Any] | range | list[int]) -> pl.DataFrame:
-    series = pl.Series(OFFSET_COLUMN, np.asarray(offsets, dtype=np.int64))
+    if isinstance(offsets, range):  # np.asarray would walk the range in Python
+        values = np.arange(offsets.start, offsets.stop, offsets.step, dtype=np.int64)
+    else:
+        values = np.asarray(offsets, dtype=np.int64)
+    series = pl.Series(OFFSET_COLUMN, values)
     if frame.width == 0:
         return series.to_frame()
     return frame.with_columns(series)
@@ -169,47 +203,147 @@ def read_csv(
     header: bool = True,
     columns: tuple[str, ...] | None = None,
     source: str | None = None,
+    keep: Collection[str] | None = None,
 ) -> Iterator[RawChunk]:
     """Read a CSV file (plain, gzip, or each member of a zip/tar) in chunks, every column as text.
 
     Reading everything as text keeps one odd value from breaking a whole file: the mapping's casts
     turn text into numbers and reject the rows where that fails. Rows with invalid UTF-8 become
-    dead letters.
+    dead letters. With ``keep``, only those columns are parsed (the others are skipped, and stay
+    out of dead letters too).
+
+    The file streams in blocks of whole records (cut at a line end outside quotes), each parsed by
+    Polars; a block of plain ASCII, the usual case, needs no UTF-8 check at all.
 
     Raises
     ------
     ReadError
-        When the file is missing or its CSV structure is broken (e.g. an unclosed quote).
+        When the file is missing, its compression is broken, or its CSV structure is broken (e.g. an
+        unclosed quote).
     """
     path = Path(path)
     name = source or str(path)
     offset = 0
     with _opened(path) as streams:
-        for label, stream, kind in streams:
-            # Polars decompresses gzip itself (faster than Python's gzip); archives go through memory.
-            target: str | bytes = str(path) if kind in (None, "gzip") else stream.read()
-            scan = pl.scan_csv(
-                target,
-                has_header=header,
-                separator=separator,
-                new_columns=list(columns) if columns else None,
-                infer_schema=False,
-                encoding="utf8-lossy",
-                row_index_name=OFFSET_COLUMN,
-                row_index_offset=offset,
-                raise_if_empty=False,
-            )
+        for label, stream, _ in streams:
+            names = list(columns) if columns else None
+            has_header = header
+            pending: pl.DataFrame | None = None
+            lossy = False  # whether a pending row may hold text decoded lossily
+            picked: list[int] | None = None
             try:
-                for batch in scan.collect_batches(chunk_size=chunk_rows):
-                    if batch.height == 0:
+                for block in _csv_blocks(stream):
+                    if keep is not None and picked is None:
+                        names = (
+                            names
+                            or pl.read_csv(block, has_header=header, separator=separator, n_rows=0).columns
+                        )
+                        picked = [i for i, name in enumerate(names) if name in keep] or [0]
+                    frame, block_lossy = _parse_csv_block(block, separator, has_header, names, picked)
+                    if has_header:
+                        names, has_header = names or frame.columns, False
+                    if frame.height == 0:
                         continue
-                    frame = batch.with_columns(pl.col(OFFSET_COLUMN).cast(pl.Int64))
-                    first = int(frame[OFFSET_COLUMN][0])
-                    offset = int(frame[OFFSET_COLUMN][-1]) + 1
-                    frame, rejects = _drop_invalid_utf8(frame, name)
-                    yield RawChunk(frame, first, offset, rejects)
+                    frame = frame.with_columns(
+                        pl.int_range(offset, offset + frame.height, dtype=pl.Int64).alias(OFFSET_COLUMN)
+                    )
+                    offset += frame.height
+                    pending = frame if pending is None else pl.concat([pending, frame], rechunk=False)
+                    lossy = lossy or block_lossy
+                    while pending is not None and pending.height >= chunk_rows:
+                        yield _csv_chunk(pending.slice(0, chunk_rows), name, lossy)
+                        pending = pending.slice(chunk_rows) if pending.height > chunk_rows else None
+                        lossy = lossy and pending is not None
             except pl.exceptions.PolarsError as exc:
                 raise ReadError(f"{label}: cannot read CSV after row {offset}: {exc}") from None
+            except _DECOMPRESS_ERRORS as exc:
+                raise ReadError(f"{label}: cannot decompress after row {offset}: {exc}") from None
+            if pending is not None:
+                yield _csv_chunk(pending, name, lossy)
+
+
+def _csv_blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    """Whole CSV records in blocks of about ``_READ_SIZE`` bytes (the first without a byte-order mark)."""
+    carry = b""
+    first = True
+    while True:
+        data = stream.read(_READ_SIZE)
+        if first:
+            data = data.removeprefix(_BOM)
+            first = False
+        if not data:
+            if carry:
+                yield carry
+            return
+        if carry:
+            data = carry + data
+        cut = _records_end(data)
+        if cut == 0:
+            carry = data
+            continue
+        yield data[:cut] if cut < len(data) else data
+        carry = data[cut:]
+
+
+def _records_end(data: bytes) -> int:
+    """Just past the last line end that is outside quotes (0 if none).
+
+    A line end is outside quotes when an even number of quote characters comes before it: escaped
+    quotes (``""``) come in pairs, so they keep the count even.
+    """
+    end = data.rfind(b"\n")
+    if end < 0:
+        return 0
+    if data.find(b'"', 0, end) < 0:
+        return end + 1
+    quotes = _count_byte(data, 0, end, ord('"'))
+    while quotes % 2:
+        previous = data.rfind(b"\n", 0, end)
+        if previous < 0:
+            return 0
+        quotes -= _count_byte(data, previous, end, ord('"'))
+        end = previous
+    return end + 1
+
+
+def _count_byte(data: bytes, start: int, stop: int, byte: int) -> int:
+    """``data.count`` of one byte, several times faster for large blocks."""
+    return int(
+        np.count_nonzero(np.frombuffer(data, dtype=np.uint8, count=stop - start, offset=start) == byte)
+    )
+
+
+def _parse_csv_block(
+    block: bytes, separator: str, header: bool, names: list[str] | None, picked: list[int] | None
+) -> tuple[pl.DataFrame, bool]:
+    """One block of records as text columns, and whether it had to be decoded lossily."""
+    valid = block.isascii()
+    if not valid:
+        try:
+            block.decode("utf-8")
+            valid = True
+        except UnicodeDecodeError:
+            valid = False
+    frame = pl.read_csv(
+        block,
+        has_header=header,
+        separator=separator,
+        new_columns=names,
+        columns=picked,
+        infer_schema=False,
+        encoding="utf8" if valid else "utf8-lossy",
+        raise_if_empty=False,
+    )
+    return frame, not valid
+
+
+def _csv_chunk(frame: pl.DataFrame, source: str, lossy: bool) -> RawChunk:
+    offsets = frame[OFFSET_COLUMN]
+    first, end = int(offsets[0]), int(offsets[-1]) + 1
+    rejects = None
+    if lossy:
+        frame, rejects = _drop_invalid_utf8(frame, source)
+    return RawChunk(frame, first, end, rejects)
 
 
 def _drop_invalid_utf8(frame: pl.DataFrame, source: str) -> tuple[pl.DataFrame, pa.Table | None]:
@@ -235,9 +369,16 @@ def _drop_invalid_utf8(frame: pl.DataFrame, source: str) -> tuple[pl.DataFrame, 
 # NDJSON
 # ------------------------------------------------------------------------------------------------
 
+_Lines = np.ndarray[Any, np.dtype[np.int64]]
+"""Positions of the line ends (``\\n``) in a block of bytes."""
 
-def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[bytes, int, int] | _Reject]:
-    """Split a byte stream into blocks of whole lines, ``(blob, first_line, line_count)``.
+
+def _line_ends(blob: bytes) -> _Lines:
+    return np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
+
+
+def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[bytes, int, _Lines] | _Reject]:
+    """Split a byte stream into blocks of whole lines, ``(blob, first_line, line_ends)``.
 
     A line longer than ``max_line_bytes`` that does not fit in one read is skipped as it streams
     past (never held in memory whole) and reported as ``(line, reason, head)``.
@@ -255,7 +396,7 @@ def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[bytes
             if skipping is not None:
                 yield (line_no, _too_long(skipping[0], max_line_bytes), skipping[1])
             elif carry:
-                yield (carry + b"\n", line_no, 1)
+                yield (carry + b"\n", line_no, np.array([len(carry)], dtype=np.int64))
             return
         if skipping is not None:
             newline = data.find(b"\n")
@@ -270,11 +411,11 @@ def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[bytes
         if last < 0:
             carry += data
         else:
-            blob = carry + data[: last + 1]
+            blob = carry + data[: last + 1] if carry or last + 1 < len(data) else data
             carry = data[last + 1 :]
-            count = blob.count(b"\n")
-            yield (blob, line_no, count)
-            line_no += count
+            ends = _line_ends(blob)
+            yield (blob, line_no, ends)
+            line_no += len(ends)
         if len(carry) > max_line_bytes:
             skipping = (len(carry), carry[:MAX_RAW_CHARS])
             carry = b""
@@ -291,32 +432,48 @@ def read_ndjson(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     records_path: str | None = None,
     source: str | None = None,
+    fields: Sequence[tuple[str, str]] = (),
 ) -> Iterator[RawChunk]:
     """Read newline-delimited JSON in chunks of at most ``chunk_rows`` lines.
 
     With ``records_path`` (e.g. ``Records``), a line holding a list of records there (a CloudTrail
-    file) yields those records; offsets then count records instead of lines.
+    file) yields those records; offsets then count records instead of lines. ``fields`` (name and
+    JSON type, see :attr:`~finsecure.ingest.mapping.ReadSpec.fields`) lets whole chunks be parsed
+    with a fixed schema, several times faster than inferring one; records that do not fit it are
+    still read in full.
     """
     path = Path(path)
     name = source or str(path)
-    state = _NdjsonState(name, chunk_rows, max_line_bytes, records_path)
+    hints = _FieldHints(fields) if fields and records_path is None else None
+    state = _NdjsonState(name, chunk_rows, max_line_bytes, records_path, hints)
     with _opened(path) as streams:
-        for _, stream, _ in streams:
-            yield from state.feed(stream)
+        for label, stream, _ in streams:
+            try:
+                yield from state.feed(stream)
+            except _DECOMPRESS_ERRORS as exc:
+                raise ReadError(f"{label}: cannot decompress after line {state.base}: {exc}") from None
     yield from state.finish()
 
 
 class _NdjsonState:
     """Groups line blocks into chunks and keeps the offsets going across archive members."""
 
-    def __init__(self, source: str, chunk_rows: int, max_line_bytes: int, records_path: str | None) -> None:
+    def __init__(
+        self,
+        source: str,
+        chunk_rows: int,
+        max_line_bytes: int,
+        records_path: str | None,
+        hints: _FieldHints | None = None,
+    ) -> None:
         self.source = source
         self.chunk_rows = chunk_rows
         self.max_line_bytes = max_line_bytes
         self.records_path = records_path
+        self.hints = hints
         self.base = 0  # lines of earlier archive members
         self.next_record = 0  # records yielded so far, for records_path offsets
-        self.pending: list[bytes] = []
+        self.pending: list[tuple[bytes, _Lines]] = []
         self.pending_lines = 0
         self.pending_first = 0
         self.rejects: list[_Reject] = []
@@ -332,12 +489,12 @@ class _NdjsonState:
                 lines_seen = line + 1
                 self.pending_first = self.base + lines_seen
                 continue
-            blob, first_line, count = item
+            blob, first_line, ends = item
             if not self.pending:
                 self.pending_first = self.base + first_line
-            self.pending.append(blob)
-            self.pending_lines += count
-            lines_seen = first_line + count
+            self.pending.append((blob, ends))
+            self.pending_lines += len(ends)
+            lines_seen = first_line + len(ends)
             yield from self.flush(force=False)
         yield from self.flush(force=True)
         self.base += lines_seen
@@ -348,27 +505,38 @@ class _NdjsonState:
             return
         if not self.pending:
             return
-        blob = self.pending[0] if len(self.pending) == 1 else b"".join(self.pending)
+        if len(self.pending) == 1:
+            blob, ends = self.pending[0]
+        else:
+            blob = b"".join(part for part, _ in self.pending)
+            shifts = np.cumsum([0] + [len(part) for part, _ in self.pending[:-1]])
+            ends = np.concatenate(
+                [part_ends + shift for (_, part_ends), shift in zip(self.pending, shifts, strict=True)]
+            )
         first = self.pending_first
         self.pending, self.pending_lines = [], 0
-        ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
-        start = 0
-        for cut in range(self.chunk_rows, len(ends) + self.chunk_rows, self.chunk_rows):
-            if cut > len(ends) and not force:
-                # keep the incomplete tail for the next block
-                self.pending = [blob[start:]]
-                self.pending_lines = len(ends) - (cut - self.chunk_rows)
-                self.pending_first = first + cut - self.chunk_rows
-                return
-            stop = int(ends[min(cut, len(ends)) - 1]) + 1
-            yield self.chunk(blob[start:stop], first + cut - self.chunk_rows)
-            start = stop
+        start, line = 0, 0
+        while line < len(ends):
+            stop_line = line + self.chunk_rows
+            if stop_line > len(ends):
+                if not force:
+                    # keep the incomplete tail for the next block
+                    self.pending = [(blob[start:], ends[line:] - start)]
+                    self.pending_lines = len(ends) - line
+                    self.pending_first = first + line
+                    return
+                stop_line = len(ends)
+            stop = int(ends[stop_line - 1]) + 1
+            whole = start == 0 and stop == len(blob)
+            part = blob if whole else blob[start:stop]
+            yield self.chunk(part, first + line, ends[line:stop_line] - start)
+            start, line = stop, stop_line
 
-    def chunk(self, blob: bytes, first_line: int) -> RawChunk:
-        frame, rejects = _parse_lines(blob, first_line, self.max_line_bytes)
+    def chunk(self, blob: bytes, first_line: int, ends: _Lines) -> RawChunk:
+        frame, rejects = _parse_lines(blob, first_line, self.max_line_bytes, ends=ends, hints=self.hints)
         rejects = self.rejects + rejects
         self.rejects = []
-        line_end = first_line + blob.count(b"\n")
+        line_end = first_line + len(ends)
         if self.records_path is not None:
             frame, first, end = _unwrap_records(frame, self.records_path, self.next_record)
             self.next_record = end
@@ -385,20 +553,134 @@ class _NdjsonState:
             self.rejects = []
 
 
-def _parse_lines(blob: bytes, first_line: int, max_line_bytes: int) -> tuple[pl.DataFrame, list[_Reject]]:
+_HINT_TYPES: dict[str, pl.DataType] = {
+    "str": pl.String(),
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+    "bool": pl.Boolean(),
+}
+_SAMPLE_LINES = 1000
+
+
+class _FieldHints:
+    """Parses NDJSON chunks with a fixed schema: the hinted fields seen so far, with their types.
+
+    Polars parses a chunk several times faster with a schema than when it infers one, but silently
+    drops fields the schema lacks. So the schema holds every field seen in the file so far (learnt
+    from the first lines, and from any chunk that needed inferring), and each chunk is checked to
+    hold no other field; a chunk that might goes the inferring way, and its new fields are learnt.
+    """
+
+    def __init__(self, fields: Sequence[tuple[str, str]]) -> None:
+        self.types = {name: _HINT_TYPES[kind] for name, kind in fields}
+        self.keys: dict[str, None] = {}
+
+    def learn(self, columns: Sequence[str]) -> None:
+        for column in columns:
+            self.keys.setdefault(column, None)
+
+    def parse(self, blob: bytes, ends: _Lines) -> pl.DataFrame | None:
+        """The chunk's records with a fixed schema, or ``None`` when that cannot be trusted."""
+        if blob.find(b"\\") >= 0:
+            # escapes make a text value differ from its raw bytes, which the field check relies on
+            return None
+        if not self.keys:
+            sample = blob[: int(ends[min(len(ends), _SAMPLE_LINES) - 1]) + 1]
+            try:
+                self.learn(pl.read_ndjson(sample, infer_schema_length=None).columns)
+            except pl.exceptions.PolarsError:
+                return None
+        typed = pl.Schema({key: self.types.get(key, pl.String()) for key in self.keys})
+        frame = _read_with_schema(blob, typed)
+        if frame is None:  # a value of another type: read every field as text, the mapping casts it
+            frame = _read_with_schema(blob, pl.Schema(dict.fromkeys(self.keys, pl.String())))
+        if frame is None or not _only_known_fields(blob, frame):
+            return None
+        return frame
+
+
+def _read_with_schema(blob: bytes, schema: pl.Schema) -> pl.DataFrame | None:
+    try:
+        return pl.read_ndjson(blob, schema=schema)
+    except pl.exceptions.PolarsError:
+        return None
+
+
+def _only_known_fields(blob: bytes, frame: pl.DataFrame) -> bool:
+    """Whether the records in ``blob`` (no backslash in it) hold no non-null field missing from ``frame``.
+
+    Every field of a record owns exactly one ``:`` after its name. Without escapes, a text value reads
+    exactly as its raw bytes, so the colons of the raw chunk are: one per field, plus those inside
+    text values (counted in ``frame``), plus those inside values of unknown fields. A field whose
+    value is null leaves a null in ``frame`` too, so ``:null`` tokens are counted apart. Whatever is
+    left over after taking away the fields ``frame`` holds is an unknown field (or a repeated one);
+    every term is at least zero, so "nothing left" proves there is none.
+    """
+    text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
+    values = frame.height * frame.width - int(sum(frame.null_count().row(0)))
+    left = _colons(blob) - values - sum(_colons_in(frame[name]) for name in text)
+    if left > 0:
+        raw_nulls = blob.count(b":null") + blob.count(b": null")
+        left -= raw_nulls - _count_in(frame, text, ":null") - _count_in(frame, text, ": null")
+    return left == 0
+
+
+def _colons(data: bytes | pa.Buffer) -> int:
+    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord(":")))
+
+
+def _colons_in(column: pl.Series) -> int:
+    """Colons in the text of a column, counted in its Arrow data buffers (faster than per value)."""
+    found = 0
+    exported = column.to_arrow()
+    for chunk in exported.chunks if isinstance(exported, pa.ChunkedArray) else [exported]:
+        if len(chunk) == 0 or chunk.null_count == len(chunk):
+            continue
+        if not pa.types.is_large_string(chunk.type):  # another export layout: count value by value
+            counts = pl.Series(chunk).str.count_matches(":", literal=True).sum()
+            found += int(counts or 0)
+            continue
+        # large_string buffers: validity, int64 offsets, data; only the bytes between the first and
+        # last offset belong to the values
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
+        start, stop = int(offsets[chunk.offset]), int(offsets[chunk.offset + len(chunk)])
+        found += _colons(chunk.buffers()[2][start:stop])
+    return found
+
+
+def _count_in(frame: pl.DataFrame, columns: list[str], literal: str) -> int:
+    if not columns:
+        return 0
+    counts = frame.select(pl.col(columns).str.count_matches(literal, literal=True).sum())
+    return int(sum(value or 0 for value in counts.row(0)))
+
+
+def _parse_lines(
+    blob: bytes,
+    first_line: int,
+    max_line_bytes: int,
+    *,
+    ends: _Lines | None = None,
+    hints: _FieldHints | None = None,
+) -> tuple[pl.DataFrame, list[_Reject]]:
     """Parse whole lines of NDJSON (``blob`` ends with a newline): fast path, else line by line."""
-    ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
+    if ends is None:
+        ends = _line_ends(blob)
     if len(ends) == 0:
         return _with_offsets(pl.DataFrame(), []), []
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     lengths = ends - starts
-    if not (lengths > max_line_bytes).any():
-        try:
-            frame = pl.read_ndjson(blob, infer_schema_length=None)
-        except pl.exceptions.PolarsError:
-            frame = None
+    if len(blob) <= max_line_bytes or not (lengths > max_line_bytes).any():
+        frame = hints.parse(blob, ends) if hints is not None else None
+        if frame is None:
+            try:
+                frame = pl.read_ndjson(blob, infer_schema_length=None)
+            except pl.exceptions.PolarsError:
+                frame = None
+            if frame is not None and hints is not None:
+                hints.learn(frame.columns)
         if frame is not None:
             if frame.height == len(ends):
                 return _with_offsets(frame, range(first_line, first_line + len(ends))), []
@@ -541,7 +823,7 @@ def _unwrap_records(
 
 
 def _parse_document(
-    data: bytes, *, records_path: str | None, max_line_bytes: int
+    data: bytes, *, records_path: str | None, max_line_bytes: int, hints: _FieldHints | None = None
 ) -> tuple[pl.DataFrame, list[_Reject]]:
     """A JSON array, a JSON document holding records at ``records_path``, or NDJSON."""
     data = data.removeprefix(_BOM)
@@ -550,7 +832,7 @@ def _parse_document(
         frame, rejects = _parse_array(data)
     else:
         blob = data if data.endswith(b"\n") else data + b"\n"
-        frame, rejects = _parse_lines(blob, 0, max_line_bytes)
+        frame, rejects = _parse_lines(blob, 0, max_line_bytes, hints=hints if records_path is None else None)
         if rejects and frame.height == 0 and stripped.startswith(b"{"):
             # perhaps one pretty-printed document rather than one per line
             value, _ = _check_line(data, max(max_line_bytes, len(data)))
@@ -594,11 +876,13 @@ def parse_records(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     records_path: str | None = None,
     source: str = "http",
+    fields: Sequence[tuple[str, str]] = (),
 ) -> tuple[pl.DataFrame, pa.Table]:
     """Parse an in-memory body of NDJSON, a JSON array of objects, or one JSON object.
 
     A gzip body is decompressed first. Offsets (:data:`OFFSET_COLUMN`) are line numbers for NDJSON
     and positions in the array otherwise. Bad records become dead letters; good ones are kept.
+    ``fields`` are hints as in :func:`read_ndjson` (canonical events: ``canonical_mapping().read.fields``).
 
     Examples
     --------
@@ -615,7 +899,10 @@ def parse_records(
             return _with_offsets(pl.DataFrame(), []), _rejects(
                 source, [(0, "broken gzip data", None)]
             ) or _empty()
-    frame, rejects = _parse_document(body, records_path=records_path, max_line_bytes=max_line_bytes)
+    hints = _FieldHints(fields) if fields else None
+    frame, rejects = _parse_document(
+        body, records_path=records_path, max_line_bytes=max_line_bytes, hints=hints
+    )
     return frame, _rejects(source, rejects) or _empty()
 
 
@@ -675,15 +962,22 @@ def read_json_records(
 
 
 def read_parquet(
-    path: str | Path, *, chunk_rows: int = DEFAULT_CHUNK_ROWS, source: str | None = None
+    path: str | Path,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    source: str | None = None,
+    keep: Collection[str] | None = None,
 ) -> Iterator[RawChunk]:
-    """Read a Parquet file (or a gzip-compressed or archived one) in chunks of rows."""
+    """Read a Parquet file (or a gzip-compressed or archived one) in chunks of rows (with ``keep``,
+    only those columns)."""
     path = Path(path)
     offset = 0
     with _opened(path) as streams:
         for label, stream, kind in streams:
             target: str | bytes = str(path) if kind is None else stream.read()
             scan = pl.scan_parquet(target, row_index_name=OFFSET_COLUMN, row_index_offset=offset)
+            if keep is not None:
+                scan = scan.select(OFFSET_COLUMN, *(n for n in scan.collect_schema().names() if n in keep))
             try:
                 for batch in scan.collect_batches(chunk_size=chunk_rows):
                     if batch.height == 0:
@@ -703,8 +997,13 @@ def read_raw(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     source: str | None = None,
+    keep: Collection[str] | None = None,
 ) -> Iterator[RawChunk]:
-    """Read a raw file the way a mapping's ``read`` section says."""
+    """Read a raw file the way a mapping's ``read`` section says.
+
+    ``keep`` names the columns worth parsing (see :meth:`~finsecure.ingest.mapping.Mapping.read_columns`);
+    CSV and Parquet skip the others, JSON formats read everything.
+    """
     if read.format == "csv":
         return read_csv(
             path,
@@ -713,6 +1012,7 @@ def read_raw(
             header=read.header,
             columns=read.columns,
             source=source,
+            keep=keep,
         )
     if read.format == "ndjson":
         return read_ndjson(
@@ -721,6 +1021,7 @@ def read_raw(
             max_line_bytes=max_line_bytes,
             records_path=read.records_path,
             source=source,
+            fields=read.fields,
         )
     if read.format == "json-records":
         return read_json_records(
@@ -730,4 +1031,4 @@ def read_raw(
             max_line_bytes=max_line_bytes,
             source=source,
         )
-    return read_parquet(path, chunk_rows=chunk_rows, source=source)
+    return read_parquet(path, chunk_rows=chunk_rows, source=source, keep=keep)

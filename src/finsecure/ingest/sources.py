@@ -46,11 +46,15 @@ def canonical_mapping(format_name: str = "ndjson") -> Mapping:
 
     Built from the schema rather than written out, so it can never drift from it. Times must be
     ISO 8601 with a time zone (text) or time-zone-aware (Parquet); records without ``event_id``,
-    ``ts`` or ``source`` are rejected.
+    ``ts`` or ``source`` are rejected. An NDJSON record with a value in a field that is not part of
+    its domain (``dst_port`` on a payment, a misspelt ``amt``) is rejected too, naming the field.
+    Parquet columns outside the schema are left out instead: they belong to the whole file, such as
+    the feature and score columns a lake file carries, not to one sender's record.
     """
     if format_name not in ("ndjson", "parquet"):
         raise ValueError(f"canonical events come as 'ndjson' or 'parquet', not {format_name!r}")
     domains: list[dict[str, Any]] = []
+    hints: dict[str, str] = {}
     for domain in Domain:
         names = [name for name in ARROW_SCHEMAS[domain].names if name != "domain"]
         fields: dict[str, Any] = {name: {"column": name} for name in names}
@@ -58,16 +62,32 @@ def canonical_mapping(format_name: str = "ndjson") -> Mapping:
         domains.append(
             {"domain": domain.value, "when": {"column": "domain", "equals": domain.value}, "fields": fields}
         )
+        hints.update((field.name, _json_type(field.type)) for field in ARROW_SCHEMAS[domain])
+    read: dict[str, Any] = {"format": format_name}
+    if format_name == "ndjson":
+        read["fields"] = hints
     return Mapping.from_dict(
         {
             "name": f"canonical-{format_name}",
             "source": "canonical",
-            "read": {"format": format_name},
+            "read": read,
             "domains": domains,
             "unmatched_reason": f"domain: missing or not one of {', '.join(d.value for d in Domain)}",
+            "unknown_fields": "reject" if format_name == "ndjson" else "ignore",
         },
         origin=f"<canonical {format_name}>",
     )
+
+
+def _json_type(arrow_type: pa.DataType) -> str:
+    """How a canonical column travels in JSON (times as ISO 8601 text)."""
+    if pa.types.is_boolean(arrow_type):
+        return "bool"
+    if pa.types.is_integer(arrow_type):
+        return "int"
+    if pa.types.is_floating(arrow_type):
+        return "float"
+    return "str"
 
 
 class FileSource(Source):
@@ -122,6 +142,7 @@ class FileSource(Source):
             chunk_rows=self.chunk_rows,
             max_line_bytes=self.max_line_bytes,
             source=self.source_name,
+            keep=self.mapping.read_columns(),
         )
         for raw in raw_chunks:
             result = self.normaliser.normalise(raw.frame, raw.first_offset)
