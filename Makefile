@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help run test lint typecheck services bench clean
+.PHONY: help run test lint typecheck services bench fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ bench: $(DEV_STAMP) ## Benchmarks on the shared datasets: prints tables, writes 
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/pipeline.py
+
+fuzz: $(DEV_STAMP) services ## A longer schemathesis run over every API operation and role
+	FINSECURE_FUZZ_EXAMPLES=$${FINSECURE_FUZZ_EXAMPLES:-200} FINSECURE_REQUIRE_SERVICES=1 $(BIN)/pytest tests/security/test_fuzz_api.py
 
 clean: ## Remove the virtualenv, caches and local data
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

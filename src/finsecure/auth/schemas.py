@@ -67,7 +67,8 @@ class UserUpdate(ApiModel):
     full_name: FullName | None = None
     email: Email | None = None
     role: Role | None = None
-    disabled: bool | None = None
+    # strict: only JSON true/false, never "no" or 0 read as a boolean
+    disabled: bool | None = Field(default=None, strict=True)
     password: Password | None = Field(
         default=None, description="Set a new password; the user must change it at next sign-in"
     )
@@ -101,8 +102,9 @@ class UserPage(ApiModel):
 class ApiKeyCreate(ApiModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     scopes: list[Scope] = Field(min_length=1, max_length=len(Scope))
+    # strict: JSON `true` must not quietly become a one-day key (found by the API fuzzer)
     expires_in_days: int | None = Field(
-        default=90, ge=1, le=3650, description="Empty for a key that never expires"
+        default=90, ge=1, le=3650, strict=True, description="Empty for a key that never expires"
     )
 
 

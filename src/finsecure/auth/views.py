@@ -24,7 +24,7 @@ from finsecure.auth.schemas import (
     UserUpdate,
 )
 from finsecure.core.deps import Context, DbSession, Page, client_ip
-from finsecure.core.errors import BadRequest, Unauthorized
+from finsecure.core.errors import BadRequest, Unauthorized, error_responses
 from finsecure.core.schemas import RowId
 
 auth_router = APIRouter(prefix="/auth", tags=["auth"])
@@ -32,7 +32,12 @@ users_router = APIRouter(prefix="/users", tags=["users"])
 apikeys_router = APIRouter(prefix="/apikeys", tags=["api keys"])
 
 
-@auth_router.post("/token", response_model=TokenPair, summary="Sign in (OAuth2 password flow)")
+@auth_router.post(
+    "/token",
+    response_model=TokenPair,
+    summary="Sign in (OAuth2 password flow)",
+    responses=error_responses(400, 401, 413, 422, 429),
+)
 def sign_in(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     request: Request,
@@ -55,14 +60,24 @@ def sign_in(
     return auth_service.issue_tokens(db_session=db_session, settings=ctx.settings, user=user)
 
 
-@auth_router.post("/refresh", response_model=TokenPair, summary="Swap a refresh token for new tokens")
+@auth_router.post(
+    "/refresh",
+    response_model=TokenPair,
+    summary="Swap a refresh token for new tokens",
+    responses=error_responses(400, 401, 413, 422),
+)
 def refresh(body: RefreshRequest, request: Request, ctx: Context, db_session: DbSession) -> TokenPair:
     return auth_service.rotate_refresh_token(
         db_session=db_session, settings=ctx.settings, raw=body.refresh_token, ip=client_ip(request)
     )
 
 
-@auth_router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="Sign out this session")
+@auth_router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Sign out this session",
+    responses=error_responses(400, 401, 413, 422),
+)
 def logout(
     body: RefreshRequest, user: UserPendingPassword, request: Request, db_session: DbSession
 ) -> Response:
@@ -72,12 +87,17 @@ def logout(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@auth_router.get("/me", response_model=UserRead, summary="The signed-in user")
+@auth_router.get("/me", response_model=UserRead, summary="The signed-in user", responses=error_responses(401))
 def me(user: UserPendingPassword) -> UserRead:
     return UserRead.model_validate(user)
 
 
-@auth_router.post("/password", status_code=status.HTTP_204_NO_CONTENT, summary="Change your own password")
+@auth_router.post(
+    "/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Change your own password",
+    responses=error_responses(400, 401, 413, 422),
+)
 def change_password(
     body: PasswordChange, user: UserPendingPassword, request: Request, ctx: Context, db_session: DbSession
 ) -> Response:
@@ -91,12 +111,17 @@ def change_password(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@auth_router.get("/key", response_model=ApiKeyRead, summary="Describe the calling API key")
+@auth_router.get(
+    "/key",
+    response_model=ApiKeyRead,
+    summary="Describe the calling API key",
+    responses=error_responses(401),
+)
 def describe_api_key(api_key: CurrentApiKey) -> ApiKeyRead:
     return ApiKeyRead.model_validate(api_key)
 
 
-@users_router.get("", response_model=UserPage, summary="List users")
+@users_router.get("", response_model=UserPage, summary="List users", responses=error_responses(401, 403, 422))
 def list_users(_admin: AdminUser, db_session: DbSession, page: Page) -> UserPage:
     users, total = auth_service.get_all(db_session=db_session, offset=page.offset, limit=page.size)
     return UserPage(
@@ -105,7 +130,11 @@ def list_users(_admin: AdminUser, db_session: DbSession, page: Page) -> UserPage
 
 
 @users_router.post(
-    "", response_model=UserCreated, status_code=status.HTTP_201_CREATED, summary="Create a user"
+    "",
+    response_model=UserCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a user",
+    responses=error_responses(400, 401, 403, 409, 413, 422),
 )
 def create_user(
     body: UserCreate, admin: AdminUser, request: Request, ctx: Context, db_session: DbSession
@@ -118,12 +147,22 @@ def create_user(
     )
 
 
-@users_router.get("/{user_id}", response_model=UserRead, summary="One user")
+@users_router.get(
+    "/{user_id}",
+    response_model=UserRead,
+    summary="One user",
+    responses=error_responses(401, 403, 404, 422),
+)
 def get_user(user_id: RowId, _admin: AdminUser, db_session: DbSession) -> UserRead:
     return UserRead.model_validate(auth_service.get_or_raise(db_session=db_session, user_id=user_id))
 
 
-@users_router.patch("/{user_id}", response_model=UserRead, summary="Change a user's role, status or password")
+@users_router.patch(
+    "/{user_id}",
+    response_model=UserRead,
+    summary="Change a user's role, status or password",
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422),
+)
 def update_user(
     user_id: RowId, body: UserUpdate, admin: AdminUser, request: Request, ctx: Context, db_session: DbSession
 ) -> UserRead:
@@ -138,7 +177,9 @@ def update_user(
     return UserRead.model_validate(updated)
 
 
-@apikeys_router.get("", response_model=ApiKeyPage, summary="List API keys")
+@apikeys_router.get(
+    "", response_model=ApiKeyPage, summary="List API keys", responses=error_responses(401, 403, 422)
+)
 def list_api_keys(_admin: AdminUser, db_session: DbSession, page: Page) -> ApiKeyPage:
     keys, total = auth_service.get_all_api_keys(db_session=db_session, offset=page.offset, limit=page.size)
     return ApiKeyPage(
@@ -147,7 +188,11 @@ def list_api_keys(_admin: AdminUser, db_session: DbSession, page: Page) -> ApiKe
 
 
 @apikeys_router.post(
-    "", response_model=ApiKeyCreated, status_code=status.HTTP_201_CREATED, summary="Create an API key"
+    "",
+    response_model=ApiKeyCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an API key",
+    responses=error_responses(400, 401, 403, 413, 422),
 )
 def create_api_key(
     body: ApiKeyCreate, admin: AdminUser, request: Request, db_session: DbSession
@@ -158,7 +203,12 @@ def create_api_key(
     return ApiKeyCreated.model_validate({**ApiKeyRead.model_validate(api_key).model_dump(), "key": raw})
 
 
-@apikeys_router.delete("/{api_key_id}", response_model=ApiKeyRead, summary="Revoke an API key")
+@apikeys_router.delete(
+    "/{api_key_id}",
+    response_model=ApiKeyRead,
+    summary="Revoke an API key",
+    responses=error_responses(401, 403, 404, 422),
+)
 def revoke_api_key(
     api_key_id: RowId, admin: AdminUser, request: Request, db_session: DbSession
 ) -> ApiKeyRead:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -73,6 +74,43 @@ class TooManyRequests(AppError):
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable reason, e.g. validation_error")
+    message: str = Field(description="What went wrong, in plain words")
+    details: Any = Field(default=None, description="More about it (e.g. the fields in error), or null")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Malformed request (e.g. broken JSON) or a value that cannot be used",
+    401: "No valid credentials",
+    403: "Signed in, but not allowed",
+    404: "No such row",
+    409: "Conflicts with the current state",
+    413: "The body is too large",
+    415: "Unsupported content type or encoding",
+    422: "Some fields are missing or have the wrong type",
+    429: "Too many attempts; retry later",
+    503: "Temporarily unavailable; retry later",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for error answers, all with :class:`ErrorBody`.
+
+    Documenting 422 here also replaces FastAPI's default validation body, which this API never sends.
+
+    >>> sorted(error_responses(401, 422))
+    [401, 422]
+    """
+    return {s: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 _STATUS_CODES = {

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
 from finsecure.auth.deps import ViewerUser
 from finsecure.core.deps import Context, Page
+from finsecure.core.errors import error_responses
+from finsecure.core.schemas import QueryTime
 from finsecure.event import service as event_service
 from finsecure.event.api_schemas import EventSearchPage
 from finsecure.event.schemas import Domain
@@ -18,16 +19,21 @@ router = APIRouter(prefix="/events", tags=["events"])
 EntityKey = Annotated[str | None, Query(min_length=1, max_length=128)]
 
 
-@router.get("/search", response_model=EventSearchPage, summary="Find events of one domain in the lake")
+@router.get(
+    "/search",
+    response_model=EventSearchPage,
+    summary="Find events of one domain in the lake",
+    responses=error_responses(400, 401, 403, 422, 503),
+)
 def search_events(
     _viewer: ViewerUser,
     ctx: Context,
     page: Page,
     domain: Annotated[Domain, Query(description="network, cloud, auth or payment")],
     since: Annotated[
-        dt.datetime | None, Query(description="From this time (inclusive; UTC if no zone)")
+        QueryTime | None, Query(description="From this time (inclusive; UTC if no zone)")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="Before this time (exclusive)")] = None,
+    until: Annotated[QueryTime | None, Query(description="Before this time (exclusive)")] = None,
     user_id: EntityKey = None,
     account_id: EntityKey = None,
     card_id: EntityKey = None,
