@@ -67,6 +67,26 @@ class Conflict(AppError):
     code = "conflict"
 
 
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(AppError):
+    status_code = 422
+    code = "unprocessable"
+
+
+class Unavailable(AppError):
+    status_code = 503
+    code = "unavailable"
+
+
 class TooManyRequests(AppError):
     status_code = 429
     code = "too_many_requests"

@@ -14,7 +14,15 @@ from pydantic import Field
 
 from finsecure.auth.deps import IngestKey
 from finsecure.core.deps import Context
-from finsecure.core.errors import AppError, BadRequest, ErrorBody, error_responses
+from finsecure.core.errors import (
+    BadRequest,
+    ErrorBody,
+    PayloadTooLarge,
+    Unavailable,
+    Unprocessable,
+    UnsupportedMediaType,
+    error_responses,
+)
 from finsecure.core.schemas import ApiModel
 from finsecure.event.schemas import Domain
 from finsecure.ingest.deadletter import dead_letters
@@ -30,26 +38,6 @@ MAX_REJECTS_SHOWN = 100
 _GZIP_MAGIC = b"\x1f\x8b"
 _CANONICAL_FIELDS = canonical_mapping("ndjson").read.fields
 _CONTENT_TYPES = ("application/x-ndjson", "application/jsonl", "application/json", "application/ndjson")
-
-
-class PayloadTooLarge(AppError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class UnsupportedMediaType(AppError):
-    status_code = 415
-    code = "unsupported_media_type"
-
-
-class Unavailable(AppError):
-    status_code = 503
-    code = "unavailable"
-
-
-class Unprocessable(AppError):
-    status_code = 422
-    code = "all_records_rejected"
 
 
 class Reject(ApiModel):
@@ -198,7 +186,8 @@ async def ingest(
     result = await run_in_threadpool(_process, platform, domain, body, source, ctx.settings.ingest_timeout_s)
     if result.accepted == 0 and result.rejected:
         raise Unprocessable(
-            f"All {result.rejected} record(s) were rejected; see details",
+            code="all_records_rejected",
+            message=f"All {result.rejected} record(s) were rejected; see details",
             details=[r.model_dump() for r in result.rejects],
         )
     return result
