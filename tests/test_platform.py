@@ -3,16 +3,19 @@ drains everything that was accepted into the lake."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine
 
+from finsecure.alert.sink import EntityDetectionStep
 from finsecure.core.database import make_session_factory
 from finsecure.event.schemas import Domain
 from finsecure.lake.query import LakeQuery
 from finsecure.pipeline.testing import TestingSink
-from finsecure.platform import Platform
+from finsecure.platform import RULES_DIR, Platform, default_rules, default_steps
 from tests.conftest import make_settings
 
 
@@ -39,6 +42,23 @@ def test_platform__demo_stream_feeds_all_four_domains(db_engine: Engine, tmp_pat
         assert count == written[domain], domain
     feature_columns = [c for c in sink.batches[0].frame.columns if "__" in c]
     assert feature_columns, "the feature step must add columns"
+    assert platform.alerts.errors == 0, "the alert sink must never fail on the demo stream"
+
+
+def test_default_steps__features_then_detection_with_the_repository_rules() -> None:
+    steps = default_steps()
+    assert [s.step_id for s in steps] == ["features", "detection"]
+    assert isinstance(steps[1], EntityDetectionStep)
+    rules = default_rules()
+    assert len(rules) == len(list(RULES_DIR.rglob("*.yml"))) > 0
+
+
+def test_default_rules__missing_directory_runs_with_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="finsecure.platform"):
+        assert default_rules(tmp_path / "absent") == ()
+    assert "detection runs with no rules" in caplog.text
 
 
 def test_platform__without_demo_stream_stays_quiet(db_engine: Engine, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ can only come from access control and never from a bad body or an unknown id.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import count
@@ -21,12 +22,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 from starlette.routing import BaseRoute
 
+from finsecure.alert.models import Alert
 from finsecure.api import create_app
 from finsecure.audit.service import Actor
 from finsecure.auth import service as auth_service
 from finsecure.auth.models import Role, User
 from finsecure.auth.schemas import ApiKeyCreate, Scope
 from finsecure.core.deps import AppContext, get_db
+from finsecure.core.enums import Severity
+from finsecure.incident.models import Incident, IncidentAlert
 from finsecure.platform import Platform
 from tests.conftest import TEST_PASSWORD, login, make_settings
 
@@ -55,6 +59,12 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("GET", "/api/audit"):                   (401,    403,   403,    200,  401),
     ("GET", "/api/events/search"):           (401,    200,   200,    200,  401),
     ("POST", "/api/ingest/{domain}"):        (401,    401,   401,    401,  200),
+    ("GET", "/api/alerts"):                  (401,    200,   200,    200,  401),
+    ("GET", "/api/alerts/{alert_id}"):       (401,    200,   200,    200,  401),
+    ("PATCH", "/api/alerts/{alert_id}"):     (401,    403,   200,    200,  401),
+    ("GET", "/api/incidents"):               (401,    200,   200,    200,  401),
+    ("GET", "/api/incidents/{incident_id}"): (401,    200,   200,    200,  401),
+    ("PATCH", "/api/incidents/{incident_id}"): (401,  403,   200,    200,  401),
 }  # fmt: skip
 
 
@@ -156,6 +166,29 @@ class Env:
         """A signed-in session of a fresh user, for callers that have none of their own."""
         return login(self.client, self.fresh_user().username)
 
+    def fresh_alert_id(self) -> int:
+        now = dt.datetime.now(dt.UTC)
+        alert = Alert(
+            alert_key=f"matrix-{next(self.names)}", rule_id="matrix", title="Matrix alert",
+            severity=Severity.high, domain="payment", entity_type="card_id", entity_id="card-matrix",
+            event_ids=["e1"], explanation={"text": "matrix"}, first_seen=now, last_seen=now,
+        )  # fmt: skip
+        self.db_session.add(alert)
+        self.db_session.commit()
+        return alert.id
+
+    def fresh_incident_id(self) -> int:
+        now = dt.datetime.now(dt.UTC)
+        incident = Incident(
+            title="Matrix incident", severity=Severity.high, domains=["payment"], labels=[], evidence={},
+            first_seen=now, last_seen=now,
+        )  # fmt: skip
+        self.db_session.add(incident)
+        self.db_session.flush()
+        self.db_session.add(IncidentAlert(incident_id=incident.id, alert_id=self.fresh_alert_id()))
+        self.db_session.commit()
+        return incident.id
+
     def fresh_api_key_id(self) -> int:
         api_key, _ = auth_service.create_api_key(
             db_session=self.db_session,
@@ -217,6 +250,18 @@ REQUESTS: dict[tuple[str, str], Callable[[Env, Caller], Request]] = {
             "content": b'{"event_id": "m1", "ts": "2026-11-24T10:00:00Z", "source": "matrix"}',
             "headers": {"Content-Type": "application/x-ndjson"},
         },
+    ),
+    ("GET", "/api/alerts"): lambda env, c: Request("/api/alerts", {"params": {"severity": "high"}}),
+    ("GET", "/api/alerts/{alert_id}"): lambda env, c: Request(f"/api/alerts/{env.fresh_alert_id()}"),
+    ("PATCH", "/api/alerts/{alert_id}"): lambda env, c: Request(
+        f"/api/alerts/{env.fresh_alert_id()}", {"json": {"status": "acknowledged"}}
+    ),
+    ("GET", "/api/incidents"): lambda env, c: Request("/api/incidents", {"params": {"status": "open"}}),
+    ("GET", "/api/incidents/{incident_id}"): lambda env, c: Request(
+        f"/api/incidents/{env.fresh_incident_id()}"
+    ),
+    ("PATCH", "/api/incidents/{incident_id}"): lambda env, c: Request(
+        f"/api/incidents/{env.fresh_incident_id()}", {"json": {"status": "investigating"}}
     ),
 }
 

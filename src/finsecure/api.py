@@ -10,6 +10,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import Engine
 
 from finsecure import __version__
+from finsecure.alert.views import router as alerts_router
 from finsecure.audit.views import router as audit_router
 from finsecure.auth.views import apikeys_router, auth_router, users_router
 from finsecure.core.database import create_db_engine, make_session_factory
@@ -20,6 +21,7 @@ from finsecure.core.ratelimit import InMemoryRateLimiter
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
 from finsecure.event.views import router as events_router
+from finsecure.incident.views import router as incidents_router
 from finsecure.ingest.views import router as ingest_router
 from finsecure.platform import Platform
 from finsecure.system.views import router as system_router
@@ -35,6 +37,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     audit_router,
     events_router,
     ingest_router,
+    alerts_router,
+    incidents_router,
 )
 
 

@@ -7,11 +7,17 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import polars as pl
 import pyarrow as pa
 from sqlalchemy.orm import Session, sessionmaker
 
+from finsecure.alert.sink import AlertSink, EntityDetectionStep
 from finsecure.core.settings import Settings
+from finsecure.correlation import Correlator
+from finsecure.detection import RuleSet, load_rules
+from finsecure.detection.rule import Rule
 from finsecure.features.step import FeatureStep
 from finsecure.ingest.normalise import Normaliser
 from finsecure.ingest.sources import canonical_mapping
@@ -35,9 +41,41 @@ def simulator_demo_source(settings: Settings) -> Source:
     return SimulatorSource(config, pace=True)
 
 
-def default_steps() -> list[Step]:
-    """The steps every event goes through, in order."""
-    return [FeatureStep()]
+#: The rules shipped with the repository (``rules/`` beside ``src/``); absent from an installed wheel.
+RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
+
+
+def default_rules(directory: Path = RULES_DIR) -> tuple[Rule, ...]:
+    """The rules of ``directory``; none (logged) when it is missing; bad files are logged and skipped."""
+    if not directory.is_dir():
+        logger.warning("no rules directory at %s: detection runs with no rules", directory)
+        return ()
+    loaded = load_rules(directory)
+    for error in loaded.errors:
+        logger.error("rule not loaded: %s", error)
+    logger.info("loaded %d detection rules from %s", len(loaded.rules), directory)
+    return loaded.rules
+
+
+def _log_hits(hits: pl.DataFrame) -> None:
+    logger.info("%d rule hits (no alert store attached)", hits.height)
+
+
+def default_steps(
+    *, on_hits: Callable[[pl.DataFrame], None] | None = None, rules: Sequence[Rule] | None = None
+) -> list[Step]:
+    """The steps every event goes through, in order: features, then detection.
+
+    Parameters
+    ----------
+    on_hits
+        Receives each batch's rule hits (the platform passes its :class:`~finsecure.alert.sink.AlertSink`);
+        by default they are only logged.
+    rules
+        Defaults to :func:`default_rules`.
+    """
+    rule_set = RuleSet(default_rules() if rules is None else rules)
+    return [FeatureStep(), EntityDetectionStep(rule_set, on_hits or _log_hits)]
 
 
 @dataclass
@@ -52,6 +90,7 @@ class Platform:
     lake: LakeWriter = field(init=False)
     pipeline: Pipeline = field(init=False)
     dead_letters: DeadLetterSink = field(init=False)
+    alerts: AlertSink = field(init=False)
     _normalisers: dict[str, Normaliser] = field(init=False, default_factory=dict)
     _normaliser_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _demo_thread: threading.Thread | None = field(init=False, default=None)
@@ -61,13 +100,14 @@ class Platform:
         s = self.settings
         self.lake = LakeWriter(s.lake_dir, background=True)
         self.dead_letters = DeadLetterSink(self.lake, self.session_factory)
+        self.alerts = AlertSink(self.session_factory, correlator=Correlator())
         sinks: list[Sink] = [
             LakeSink(self.lake),
             ScoredEventSink(self.session_factory, s.store_score_threshold),
             *self.extra_sinks,
         ]
         self.pipeline = Pipeline(
-            list(self.steps) if self.steps is not None else default_steps(),
+            list(self.steps) if self.steps is not None else default_steps(on_hits=self.alerts),
             sinks,
             max_rows=s.pipeline_max_rows,
             max_age_s=s.pipeline_max_age_ms / 1000.0,
@@ -92,6 +132,13 @@ class Platform:
             return normaliser
 
     def start(self) -> Platform:
+        correlator = self.alerts.correlator
+        if correlator is not None:
+            try:
+                with self.session_factory() as session:
+                    correlator.warm_up(db_session=session)
+            except Exception:  # a cold correlator only means fewer joins until the window refills
+                logger.exception("could not reload open incidents for correlation")
         self.pipeline.start()
         if self.demo_source is not None and self.settings.demo_stream:
             source = self.demo_source(self.settings)
