@@ -1,22 +1,33 @@
 """Pipeline benchmark: ≥ 2 M real events through ingest → normalise → features, columnar vs a naive loop.
 
-Run with ``make bench`` (or ``.venv/bin/python bench/pipeline.py``). Reads the fraud-handbook and sparkov
-payment streams from ``FINSECURE_DATASETS`` or ``../shared/datasets``; prints a table and writes
-``bench/results/pipeline.json`` (one flat object of numbers, comparable run to run).
+Run with ``make bench`` (or ``.venv/bin/python bench/pipeline.py [--repeat 3] [--queue-chunks 4]``).
+Reads the fraud-handbook and sparkov payment streams from ``FINSECURE_DATASETS`` or
+``../shared/datasets``; prints a table and writes ``bench/results/pipeline.json`` (one flat object of
+numbers, comparable run to run).
 
 What is measured (all on one process):
 - ``parse``: reading the raw CSV.gz files into columnar chunks;
 - ``normalise``: raw chunks → canonical payment events (mapping, casts, validation);
-- ``features``: the stateful feature step alone over 10,000-event batches;
+- ``features``: the stateful feature step alone over 10,000-event batches (its default threads);
 - ``end_to_end`` (Parquet) and ``ndjson``: canonical files → source → pipeline (10,000 events / 10 ms
   batches, bounded queue) → features → sink, timed from the first read to the drained pipeline;
-- batch latency (steps + sinks) and event latency (arrival → features ready, batching wait included);
+- batch latency (steps + sinks) and event latency (arrival → features ready, batching and queueing
+  wait included: with the source faster than the pipeline, that is about ``queue_chunks`` batches);
+- ``paced``: the Parquet run again with the source capped at ``--paced-rate`` events/s (a load the
+  pipeline keeps up with), for latencies without a standing queue;
 - ``naive``: the same payment features computed the way a per-event Python service would (a dict of
   deques per entity), on the first ``NAIVE_EVENTS`` events.
+
+Only the pipeline's own work is timed: every numba kernel is loaded (or compiled) by a warm-up on a
+sample of both streams first, and the sink only counts rows. The machine may be shared, so each
+measurement runs ``--repeat`` times and the best value of each number is kept (highest rate, lowest
+latency); ``*_cpu_s`` is the process CPU time of the fastest run (all threads), the steadier figure
+when other jobs compete for the cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import json
 import math
@@ -25,6 +36,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,66 +83,134 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def timed(label: str, results: dict[str, float], events: int, seconds: float) -> None:
-    results[f"{label}_events_per_s"] = events / seconds
-    print(f"  {label:<12} {events:>11,} events  {seconds:7.2f} s  {events / seconds:>13,.0f} events/s")
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def measure_parse_and_normalise(root: Path, results: dict[str, float]) -> list[pl.DataFrame]:
-    rows, seconds = 0, 0.0
-    for name, rel in DATASETS.items():
-        mapping_source = open_source(root / rel, name)
-        start = time.perf_counter()
-        for chunk in read_raw(root / rel, mapping_source.mapping.read):
-            rows += chunk.frame.height
-        seconds += time.perf_counter() - start
-    timed("parse", results, rows, seconds)
+def best_of(repeat: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Run ``repeat`` times; keep the highest ``*_per_s`` and the lowest of every other number, except
+    ``*_cpu_s``, taken from the fastest run."""
+    runs = [run() for _ in range(repeat)]
+    rate = next(key for key in runs[0] if key.endswith("_per_s"))
+    fastest = max(runs, key=lambda values: values[rate])
+    best: dict[str, float] = {}
+    for key in runs[0]:
+        values = [values[key] for values in runs]
+        if key.endswith("_per_s"):
+            best[key] = max(values)
+        elif key.endswith("_cpu_s"):
+            best[key] = fastest[key]
+        else:
+            best[key] = min(values)
+    return best
+
+
+def show(label: str, events: int, values: dict[str, float]) -> None:
+    rate = values[f"{label}_events_per_s"]
+    cpu = values.get(f"{label}_cpu_s")
+    extra = f"  cpu {cpu:5.2f} s" if cpu is not None else ""
+    print(f"  {label:<12} {events:>11,} events  {events / rate:7.2f} s  {rate:>13,.0f} events/s{extra}")
+
+
+def measure_parse_and_normalise(root: Path, results: dict[str, float], repeat: int) -> list[pl.DataFrame]:
+    def parse() -> dict[str, float]:
+        rows, seconds = 0, 0.0
+        for name, rel in DATASETS.items():
+            mapping_source = open_source(root / rel, name)
+            start = time.perf_counter()
+            for chunk in read_raw(root / rel, mapping_source.mapping.read):
+                rows += chunk.frame.height
+            seconds += time.perf_counter() - start
+        return {"parse_events_per_s": rows / seconds}
 
     frames: list[pl.DataFrame] = []
-    events, rejects, seconds = 0, 0, 0.0
-    for name, rel in DATASETS.items():
-        source = open_source(root / rel, name)
-        start = time.perf_counter()
-        for chunk in source.chunks():
-            frames.append(chunk.frame)
-            events += chunk.frame.height
-            rejects += chunk.rejects.num_rows if chunk.rejects is not None else 0
-        seconds += time.perf_counter() - start
-    timed("normalise", results, events, seconds)  # parse + normalise, as a source delivers them
-    results["events"] = events
-    results["rejects"] = rejects
+
+    def normalise() -> dict[str, float]:
+        frames.clear()
+        events, rejects, seconds = 0, 0, 0.0
+        for name, rel in DATASETS.items():
+            source = open_source(root / rel, name)
+            start = time.perf_counter()
+            for chunk in source.chunks():
+                frames.append(chunk.frame)
+                events += chunk.frame.height
+                rejects += chunk.rejects.num_rows if chunk.rejects is not None else 0
+            seconds += time.perf_counter() - start
+        return {"normalise_events_per_s": events / seconds, "events": events, "rejects": rejects}
+
+    results.update(best_of(repeat, parse))
+    results.update(best_of(repeat, normalise))  # parse + normalise, as a source delivers them
+    events = int(results["events"])
+    show("parse", events, results)
+    show("normalise", events, results)
     return frames
 
 
-def measure_features(frames: list[pl.DataFrame], results: dict[str, float]) -> None:
+def warm_up(frames: list[pl.DataFrame]) -> None:
+    """Load every kernel the runs will use (one variant per array type), outside any timing."""
+    sample = pl.concat(
+        [frame.head(3 * BATCH_ROWS) for frame in (frames[0], frames[-1])], how="vertical_relaxed"
+    )
     step = FeatureStep()
-    warm = frames[0].head(BATCH_ROWS)
-    step.process(Batch(Domain.payment, warm, "bench"))  # compile the kernels outside the timing
-    step = FeatureStep()
-    events, start = 0, time.perf_counter()
-    for frame in frames:
-        for offset in range(0, frame.height, BATCH_ROWS):
-            batch = frame.slice(offset, BATCH_ROWS)
-            step.process(Batch(Domain.payment, batch, "bench"))
-            events += batch.height
-    timed("features", results, events, time.perf_counter() - start)
+    for offset in range(0, sample.height, BATCH_ROWS):
+        step.process(Batch(Domain.payment, sample.slice(offset, BATCH_ROWS), "warm-up"))
+    step.snapshot()
+    step.close()
 
 
-def run_pipeline(source: FileSource, results: dict[str, float], label: str) -> None:
-    sink = CountingSink()
-    pipeline = Pipeline([FeatureStep()], [sink], max_rows=BATCH_ROWS, max_age_s=0.010, queue_chunks=16)
-    warm = Pipeline([FeatureStep()], [CountingSink()]).start()  # numba caches compiled kernels on disk
-    warm.stop()
-    start = time.perf_counter()
-    pipeline.start()
-    progress = drive(source, pipeline)
-    stats = pipeline.stop(drain=True)
-    seconds = time.perf_counter() - start
-    assert sink.rows == progress.events, (sink.rows, progress.events)
-    timed(label, results, sink.rows, seconds)
-    results[f"{label}_p50_batch_latency_ms"] = stats.batch_latency_p50_ms or 0.0
-    results[f"{label}_p99_batch_latency_ms"] = stats.batch_latency_p99_ms or 0.0
-    results[f"{label}_p99_event_latency_ms"] = stats.event_latency_p99_ms or 0.0
+def measure_features(frames: list[pl.DataFrame], results: dict[str, float], repeat: int) -> None:
+    events = sum(frame.height for frame in frames)
+
+    def run() -> dict[str, float]:
+        step = FeatureStep()
+        cpu, start = cpu_s(), time.perf_counter()
+        for frame in frames:
+            for offset in range(0, frame.height, BATCH_ROWS):
+                step.process(Batch(Domain.payment, frame.slice(offset, BATCH_ROWS), "bench"))
+        seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
+        step.close()
+        return {"features_events_per_s": events / seconds, "features_cpu_s": cpu}
+
+    results.update(best_of(repeat, run))
+    show("features", events, results)
+
+
+def run_pipeline(
+    path: Path,
+    format_name: str,
+    results: dict[str, float],
+    label: str,
+    repeat: int,
+    queue_chunks: int,
+    rate: float | None = None,
+) -> None:
+    rows = 0
+
+    def run() -> dict[str, float]:
+        nonlocal rows
+        source: FileSource = open_source(path, format_name)
+        sink = CountingSink()
+        pipeline = Pipeline(
+            [FeatureStep()], [sink], max_rows=BATCH_ROWS, max_age_s=0.010, queue_chunks=queue_chunks
+        )
+        cpu, start = cpu_s(), time.perf_counter()
+        pipeline.start()
+        progress = drive(source, pipeline, rate=rate)
+        stats = pipeline.stop(drain=True)
+        seconds, cpu = time.perf_counter() - start, cpu_s() - cpu
+        assert sink.rows == progress.events, (sink.rows, progress.events)
+        rows = sink.rows
+        return {
+            f"{label}_events_per_s": sink.rows / seconds,
+            f"{label}_cpu_s": cpu,
+            f"{label}_p50_batch_latency_ms": stats.batch_latency_p50_ms or 0.0,
+            f"{label}_p99_batch_latency_ms": stats.batch_latency_p99_ms or 0.0,
+            f"{label}_p99_event_latency_ms": stats.event_latency_p99_ms or 0.0,
+        }
+
+    results.update(best_of(repeat, run))
+    show(label, rows, results)
 
 
 def naive_loop(frame: pl.DataFrame) -> int:
@@ -168,45 +248,66 @@ def naive_loop(frame: pl.DataFrame) -> int:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is kept")
+    parser.add_argument(
+        "--queue-chunks", type=int, default=4, help="pipeline queue capacity in submissions (bounds latency)"
+    )
+    parser.add_argument(
+        "--paced-rate", type=float, default=1_000_000, help="events/s of the paced run (0: skip it)"
+    )
+    args = parser.parse_args(argv)
     root = datasets_dir()
     results: dict[str, float] = {}
-    print(f"Pipeline benchmark on {os.cpu_count()} cores, datasets from {root}")
-    frames = measure_parse_and_normalise(root, results)
-    measure_features(frames, results)
+    print(f"Pipeline benchmark on {os.cpu_count()} cores, datasets from {root}, best of {args.repeat}")
+    frames = measure_parse_and_normalise(root, results, args.repeat)
+    warm_up(frames)
+    measure_features(frames, results, args.repeat)
 
     with tempfile.TemporaryDirectory(prefix="finsecure-bench-") as tmp:
         stream = pl.concat(frames, how="vertical_relaxed", rechunk=True)
         parquet, ndjson = Path(tmp) / "payments.parquet", Path(tmp) / "payments.ndjson"
         stream.write_parquet(parquet, row_group_size=100_000)
         stream.with_columns(pl.lit("payment").alias("domain")).write_ndjson(ndjson)
+        naive_sample = stream.head(NAIVE_EVENTS)
         del stream
-        run_pipeline(open_source(parquet, "parquet"), results, "end_to_end")
-        run_pipeline(open_source(ndjson, "ndjson"), results, "ndjson")
+        run_pipeline(parquet, "parquet", results, "end_to_end", args.repeat, args.queue_chunks)
+        if args.paced_rate > 0:
+            run_pipeline(
+                parquet, "parquet", results, "paced", args.repeat, args.queue_chunks, rate=args.paced_rate
+            )
+        run_pipeline(ndjson, "ndjson", results, "ndjson", args.repeat, args.queue_chunks)
 
-    sample = frames[0].head(NAIVE_EVENTS)
     start = time.perf_counter()
-    naive_loop(sample)
-    timed("naive", results, sample.height, time.perf_counter() - start)
+    naive_loop(naive_sample)
+    results["naive_events_per_s"] = naive_sample.height / (time.perf_counter() - start)
+    show("naive", naive_sample.height, results)
     results["speedup_vs_naive"] = results["end_to_end_events_per_s"] / results["naive_events_per_s"]
     results["p50_batch_latency_ms"] = results["end_to_end_p50_batch_latency_ms"]
     results["p99_batch_latency_ms"] = results["end_to_end_p99_batch_latency_ms"]
     results["p99_event_latency_ms"] = results["end_to_end_p99_event_latency_ms"]
+    results["queue_chunks"] = args.queue_chunks
     results["peak_rss_mb"] = peak_rss_mb()
 
     print()
     print(f"  {'metric':<34} value")
-    for key in (
+    shown = (
         "events",
+        "features_events_per_s",
         "end_to_end_events_per_s",
         "ndjson_events_per_s",
         "p50_batch_latency_ms",
         "p99_batch_latency_ms",
         "p99_event_latency_ms",
+        "paced_events_per_s",
+        "paced_p99_batch_latency_ms",
+        "paced_p99_event_latency_ms",
         "naive_events_per_s",
         "speedup_vs_naive",
         "peak_rss_mb",
-    ):
+    )
+    for key in (key for key in shown if key in results):
         print(f"  {key:<34} {results[key]:,.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2) + "\n")

@@ -55,17 +55,18 @@ def run_both(
     batches: Sequence[pl.DataFrame],
     *,
     restore_at: int | None = None,
+    threads: int = 1,
 ) -> FeatureStep:
     """Feed ``batches`` to a step and to the reference and check every batch matches.
 
     With ``restore_at``, the step is snapshotted before that batch and replaced by a fresh step
     restored from the snapshot."""
-    step = FeatureStep(config)
+    step = FeatureStep(config, threads=threads)
     reference = ReferenceFeatures(config)
     for number, frame in enumerate(batches):
         if number == restore_at:
             data = step.snapshot()
-            step = FeatureStep(config)
+            step = FeatureStep(config, threads=threads)
             step.restore(data)
         out = step.process(Batch(domain, frame, source="test", seq=number)).frame
         assert out.select(frame.columns).equals(frame), "canonical columns changed"

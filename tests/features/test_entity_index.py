@@ -96,3 +96,50 @@ def test_load_arrays__refuses_pickles() -> None:
     np.savez(buffer, evil=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match="pickle"):
         load_arrays(buffer.getvalue())
+
+
+def test_lookup__word_at_a_time_compare_tells_near_keys_apart() -> None:
+    """Keys around the 8-byte word size that differ only in their last byte, all in one hash bucket."""
+    index = EntityIndex(hash_bits=1)
+    keys = [
+        f"{prefix}{last}"
+        for prefix in ("", "abcdef", "abcdefg", "abcdefgh", "abcdefghijklmno")
+        for last in "xy"
+    ]
+    slots = index.lookup(pl.Series(keys))
+    assert len(set(slots.tolist())) == len(keys)
+    assert index.lookup(pl.Series(keys[::-1])).tolist() == slots[::-1].tolist()
+    # A key at the very end of a short buffer (no spare bytes after it) is read byte by byte.
+    assert index.lookup(pa.array(["ab"], pa.large_string())).tolist() == [index.lookup(pl.Series(["ab"]))[0]]
+
+
+def test_evict__deletes_in_place_and_colliding_keys_stay_reachable() -> None:
+    """Against a dictionary: evict random keys round after round; every live key keeps its slot."""
+    rng = np.random.default_rng(7)
+    index = EntityIndex(capacity=8, hash_bits=3)  # 8 hash values: long probe runs to shift back
+    model: dict[str, int] = {}
+    for day in range(30):
+        keys = [f"k{n}" for n in rng.integers(0, 120, size=40)]
+        slots = index.lookup(pl.Series(keys))
+        for key, slot in zip(keys, slots.tolist(), strict=True):
+            assert model.setdefault(key, slot) == slot, (day, key)
+        index.last_seen[slots] = day
+        cutoff = day - int(rng.integers(0, 3))
+        freed = index.evict(cutoff)
+        gone = [key for key, slot in model.items() if index.last_seen[slot] < cutoff]
+        assert freed == len(gone)
+        for key in gone:
+            del model[key]
+        assert len(index) == len(model)
+        assert index.keys(list(model.values())) == list(model)
+        assert index.lookup(pl.Series(list(model))).tolist() == list(model.values())
+
+
+def test_evict__compacts_the_arena_of_dead_keys() -> None:
+    index = EntityIndex(capacity=4)
+    for day in range(200):
+        slots = index.lookup(pl.Series([f"a-long-key-for-day-{day}-number-{n}" for n in range(5)]))
+        index.last_seen[slots] = day
+        index.evict(day)
+    assert len(index) == 5
+    assert index.nbytes() < 8_192  # keys of 5 live entities, not of the 1,000 seen

@@ -8,7 +8,8 @@ import polars as pl
 
 from finsecure.event.schemas import Domain
 from finsecure.features.config import DomainFeatures, FeatureConfig, KeyFeatures, PairFeatures
-from finsecure.features.novelty import pair_keys
+from finsecure.features.entity_index import key_buffers
+from finsecure.features.novelty import pair_buffers, pair_keys
 from finsecure.features.step import FeatureStep
 from finsecure.pipeline.batch import Batch
 from tests.features.helpers import EPOCH, canonical_frame
@@ -43,3 +44,20 @@ def test_novelty__first_time_then_again_after_ttl() -> None:
     frame = canonical_frame(Domain.auth, rows)
     out = FeatureStep(_CONFIG).process(Batch(Domain.auth, frame, source="test")).frame
     assert out["novel__user_device"].to_list() == [True, False, True, True, None, True]
+
+
+def test_pair_buffers__same_keys_as_pair_keys() -> None:
+    frame = pl.DataFrame(
+        {
+            "a": ["ab", "a", "x", None, "", "\u00e9t\u00e9", "k" * 12, "card-1"],
+            "b": ["c", "bc", None, "y", "z", "", "v", "m" * 30],
+        }
+    )
+    offsets, data, valid = pair_buffers(key_buffers(frame["a"]), key_buffers(frame["b"]))
+    built = [
+        bytes(data[offsets[i] : offsets[i + 1]]).decode() if valid[i] else None for i in range(frame.height)
+    ]
+    assert built == pair_keys(frame, "a", "b").to_list()
+    assert not offsets.flags.writeable  # the same array type as Arrow's buffers (one compiled lookup)
+    _, _, none_null = pair_buffers(key_buffers(frame["b"][:2]), key_buffers(frame["a"][:2]))
+    assert none_null.size == 0

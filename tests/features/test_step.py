@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import polars as pl
 import pytest
 
 from finsecure.event.schemas import Domain, arrow_schema
 from finsecure.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, FeatureConfig, FeatureStep
 from finsecure.features.config import DomainFeatures, KeyFeatures
+from finsecure.features.entity_index import load_arrays, save_arrays
 from finsecure.pipeline.batch import Batch
 from tests.features.helpers import EPOCH, assert_frames_match, canonical_frame, run_both
 
@@ -152,3 +156,70 @@ def test_feature_step__handbook_slice_matches_reference(datasets_dir: Path) -> N
     frame = canonical_frame(Domain.payment, rows)
     batches = [frame.slice(start, 1_000) for start in range(0, frame.height, 1_000)]
     run_both(FeatureConfig(), Domain.payment, batches, restore_at=2)
+
+
+def _varied_payments(count: int, seed: int) -> pl.DataFrame:
+    """Payments over a few days with every payment key, places, countries and some late rows."""
+    rng = np.random.default_rng(seed)
+    clock = np.cumsum(rng.choice([0, 1, 30, 600, 3_600, 20_000], size=count))
+    jitter = rng.choice([0, 0, 0, -200, -400, -5_000], size=count)
+    rows = [
+        {
+            "ts": EPOCH + dt.timedelta(seconds=int(max(clock[n] + jitter[n], 0))),
+            "card_id": f"card-{rng.integers(0, 9)}",
+            "user_id": f"user-{rng.integers(0, 4)}" if n % 5 else None,
+            "account_id": f"acct-{rng.integers(0, 3)}",
+            "merchant_id": f"m-{rng.integers(0, 6)}",
+            "device_id": f"dev-{rng.integers(0, 3)}" if n % 3 else None,
+            "country": ["FR", "GB", "US"][int(rng.integers(0, 3))],
+            "amount": float(rng.integers(0, 100_000)) / 100 if n % 7 else None,
+            "lat": 48.0 + float(rng.integers(0, 3)),
+            "lon": 2.0,
+        }
+        for n in range(count)
+    ]
+    return canonical_frame(Domain.payment, rows)
+
+
+def test_feature_step__threads_compute_the_same_as_the_reference() -> None:
+    """Every batch goes through the thread pool (threshold lowered), keys and pairs side by side."""
+    frame = _varied_payments(240, seed=3)
+    batches = [frame.slice(start, 60) for start in range(0, frame.height, 60)]
+    with mock.patch("finsecure.features.step._PARALLEL_ROWS", 1):
+        step = run_both(FeatureConfig(evict_every_s=0), Domain.payment, batches, restore_at=2, threads=3)
+    step.close()
+
+
+def test_feature_step__threads_do_not_change_big_batches() -> None:
+    frame = _varied_payments(10_000, seed=5)
+    one, two = FeatureStep(threads=1), FeatureStep(threads=2)
+    for start in (0, 5_000):
+        batch = Batch(Domain.payment, frame.slice(start, 5_000), source="test")
+        assert two.process(batch).frame.equals(one.process(batch).frame)
+    assert two.live_entities() == one.live_entities()
+    two.close()
+    with pytest.raises(ValueError, match="threads"):
+        FeatureStep(threads=0)
+
+
+def test_feature_step__restore_refuses_an_older_snapshot_version() -> None:
+    """Version 1 snapshots hold keys hashed another way: restoring one would silently lose entities."""
+    step = FeatureStep()
+    step.process(_batch(Domain.payment, _payments(0, 3)))
+    arrays = load_arrays(step.snapshot())
+    meta = json.loads(arrays["meta"].tobytes())
+    meta["version"] = 1
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with pytest.raises(ValueError, match="version 1 is not supported"):
+        FeatureStep().restore(save_arrays(arrays))
+
+
+def test_feature_step__a_failing_task_fails_the_batch_on_the_calling_thread() -> None:
+    frame = _varied_payments(3_000, seed=9)
+    step = FeatureStep(threads=2)
+    with (
+        mock.patch("finsecure.features.step.NoveltyState.run", side_effect=RuntimeError("pair broke")),
+        pytest.raises(RuntimeError, match="pair broke"),
+    ):
+        step.process(Batch(Domain.payment, frame, source="test"))
+    step.close()

@@ -1,7 +1,7 @@
 """Event time per entity: which time a row counts at, whether it was late, and whether state restarts.
 
 The rules are stated in :mod:`finsecure.features.config`; this module applies the per-entity part with
-one numba kernel that walks a batch in time order.
+one numba kernel that walks a batch in time order (and, like every feature kernel, releases the GIL).
 """
 
 from __future__ import annotations

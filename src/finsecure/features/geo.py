@@ -17,6 +17,8 @@ Semantics (the reference implementation computes exactly this)
   ``entity_ttl_s``).
 * ``geo__new_country`` (entity x country novelty) is computed with the novelty pairs, see
   :mod:`finsecure.features.novelty`.
+
+The kernels release the GIL, so travel features of a batch are computed while other threads work.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ What is computed where
   targets among *s*'s events processed so far, this one included, whose bucket is one of the last
   ``n = window / bucket`` buckets up to ``bucket(ref)``.
 
-  Implementation: a pair index (source x target, see :func:`~finsecure.features.novelty.pair_keys`)
+  Implementation: a pair index (source x target, see :func:`~finsecure.features.novelty.pair_buffers`)
   remembers each pair's newest effective time; per source, a ring of ``n`` buckets counts the pairs
   whose *newest* occurrence falls in each bucket. A repeat of a pair in a later bucket moves its one
   count from the old bucket to the new one, so the ring always sums to the number of distinct targets
@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-import polars as pl
 
 from finsecure.features._numba import NONE_TS, kernel
 from finsecure.features.config import Window
-from finsecure.features.entity_index import EntityIndex
-from finsecure.features.novelty import pair_keys
+from finsecure.features.entity_index import BatchKeys, EntityIndex
+from finsecure.features.novelty import pair_buffers
 
 __all__ = ["DistinctState"]
 
@@ -116,17 +115,19 @@ class DistinctState:
 
     def run(
         self,
-        frame: pl.DataFrame,
+        keys: BatchKeys,
         order: npt.NDArray[np.int64],
         src: npt.NDArray[np.int64],
         te: npt.NDArray[np.int64],
         prev: npt.NDArray[np.int64],
     ) -> npt.NDArray[np.int32]:
         """Distinct-target count per row (unspecified where the source is null)."""
-        if self.target not in frame.columns or frame[self.target].null_count() == frame.height:
+        left = keys.get(self.key)
+        right = keys.get(self.target)
+        if left is None or right is None:
             pair = np.full(len(src), -1, dtype=np.int64)
         else:
-            pair = self.index.lookup(pair_keys(frame, self.key, self.target))
+            pair = self.index.lookup_buffers(pair_buffers(left, right))
         out = np.zeros(len(src), dtype=np.int32)
         _distinct(
             order,

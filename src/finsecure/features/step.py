@@ -12,15 +12,29 @@ Per batch (all columnar; no Python loop over rows):
 2. Every ``evict_every_s`` of event time, idle entities are evicted from every index, at a
    cut-off that makes eviction invisible in the results (see ``_DomainEngine._maybe_evict``).
 3. Per key column: dense indices (:class:`~finsecure.features.entity_index.EntityIndex`), effective
-   times (:mod:`~finsecure.features.clock`), window kernel (:mod:`~finsecure.features.windows`).
-4. Distinct counts, geo, novelty pairs; then all feature columns are appended in one ``hstack``.
+   times (:mod:`~finsecure.features.clock`), window kernel (:mod:`~finsecure.features.windows`), then
+   its distinct counts and (geo key) travel. Per novelty pair: pair keys, index, first-seen flags.
+4. All feature columns are converted to Polars at once (features with no data in the batch are
+   shared all-null columns) and appended in one ``hstack``.
+
+Threads: the work of step 3 is a set of tasks that touch disjoint state (one key's index and windows,
+one pair's index). A small scheduler runs them costliest first on the pipeline's thread and
+``threads - 1`` helper threads, each taking the next task when free; the numba kernels release the
+GIL, so they run side by side. Results are the same with any number of threads. (Splitting one key's
+windows further, by entity, was tried: both threads then write the same cache lines of the output
+columns, and it was no faster.)
 """
 
 from __future__ import annotations
 
+import heapq
 import json
-from collections.abc import Mapping
+import os
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +46,7 @@ from finsecure.features._numba import NONE_TS
 from finsecure.features.clock import effective_times
 from finsecure.features.columns import ColumnInfo, arrow_type, domain_columns, key_columns
 from finsecure.features.config import DEFAULT_CONFIG, DomainFeatures, FeatureConfig
-from finsecure.features.entity_index import EntityIndex, load_arrays, save_arrays
+from finsecure.features.entity_index import BatchKeys, EntityIndex, load_arrays, save_arrays
 from finsecure.features.geo import GeoState
 from finsecure.features.network import DistinctState
 from finsecure.features.novelty import NoveltyState
@@ -42,7 +56,8 @@ from finsecure.pipeline.batch import Batch, Step
 __all__ = ["FeatureStep", "event_times_us"]
 
 _US = 1_000_000
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+"""2: entity keys hashed a word at a time (version 1 snapshots hold byte-wise hashes)."""
 
 
 def event_times_us(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
@@ -60,34 +75,106 @@ def event_times_us(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
     return np.require(ts.to_physical().to_numpy(), np.int64, ["C", "W"])
 
 
+class _Validity:
+    """A validity bitmap in Arrow's layout (or none: no nulls), shared by the columns it applies to."""
+
+    __slots__ = ("bitmap", "nulls")
+
+    def __init__(self, valid: npt.NDArray[np.bool_] | None) -> None:
+        nulls = 0 if valid is None else len(valid) - int(np.count_nonzero(valid))
+        self.nulls = nulls
+        self.bitmap = None if valid is None or nulls == 0 else _bits(valid)
+
+
+def _bits(values: npt.NDArray[np.bool_]) -> pa.Buffer:
+    return pa.py_buffer(np.packbits(values, bitorder="little"))
+
+
+def _arrow(values: npt.NDArray[np.generic], arrow: pa.DataType, validity: _Validity, rows: int) -> pa.Array:
+    """An Arrow array over ``values`` (no copy for numbers; booleans are bit-packed)."""
+    data = _bits(values.astype(np.bool_, copy=False)) if arrow == pa.bool_() else pa.py_buffer(values)
+    return pa.Array.from_buffers(arrow, rows, [validity.bitmap, data], null_count=validity.nulls)
+
+
 def _float_column(values: npt.NDArray[np.float64], valid: npt.NDArray[np.bool_] | None) -> pa.Array:
-    missing = np.isnan(values)
+    """Float column: null where ``valid`` is false or the value is NaN."""
+    present = ~np.isnan(values)
     if valid is not None:
-        missing |= ~valid
-    return pa.array(values, type=pa.float64(), mask=missing if missing.any() else None)
-
-
-def _int_column(values: npt.NDArray[np.int32], valid: npt.NDArray[np.bool_] | None) -> pa.Array:
-    mask = None if valid is None or valid.all() else ~valid
-    return pa.array(values, type=pa.int32(), mask=mask)
+        present &= valid
+    return _arrow(np.ascontiguousarray(values), pa.float64(), _Validity(present), len(values))
 
 
 def _bool_column(values: npt.NDArray[np.bool_], valid: npt.NDArray[np.bool_] | None) -> pa.Array:
-    mask = None if valid is None or valid.all() else ~valid
-    return pa.array(values, type=pa.bool_(), mask=mask)
+    return _arrow(values, pa.bool_(), _Validity(valid), len(values))
 
 
-def _column(name: str, frame: pl.DataFrame) -> pl.Series | None:
-    if name not in frame.columns:
-        return None
-    column = frame[name]
-    return None if column.null_count() == frame.height else column
+def _present(frame: pl.DataFrame, name: str) -> bool:
+    return name in frame.columns and frame[name].null_count() < frame.height
 
 
 def _floats(frame: pl.DataFrame, name: str) -> npt.NDArray[np.float64]:
     if name not in frame.columns:
         return np.full(frame.height, np.nan)
     return np.require(frame[name].cast(pl.Float64).to_numpy(), np.float64, ["C", "W"])
+
+
+_PARALLEL_ROWS = 2_048
+"""Batches smaller than this run on one thread: handing work to another thread would cost more."""
+
+_DEFAULT_ROW_COST = 1e-7
+"""Expected seconds per row of a task not timed yet."""
+
+
+class _Scheduler:
+    """Runs a batch's tasks on the calling thread and, if given a pool, on helper threads too.
+
+    Tasks wait in a queue, costliest first, and every thread takes the next one when it is free, so
+    the threads finish close together even when the cost estimates are rough. :meth:`run` returns when
+    every task has finished and re-raises the first failure (tasks not started by then are skipped;
+    none is left running).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: list[tuple[float, int, Callable[[], None]]] = []
+        self._error: BaseException | None = None
+
+    def add(self, cost: float, task: Callable[[], None]) -> None:
+        """Queue ``task``; ``cost`` (any unit) orders the queue."""
+        heapq.heappush(self._ready, (-cost, len(self._ready), task))
+
+    def run(self, pool: ThreadPoolExecutor | None, threads: int) -> None:
+        helpers = [pool.submit(self._lane) for _ in range(min(threads, len(self._ready)) - 1)] if pool else []
+        try:
+            self._lane()
+        finally:
+            wait(helpers)  # even if this lane failed: nothing may touch state after we return
+        if self._error is not None:
+            raise self._error
+
+    def _lane(self) -> None:
+        while True:
+            with self._lock:
+                if not self._ready or self._error is not None:
+                    return
+                _, _, task = heapq.heappop(self._ready)
+            try:
+                task()
+            except BaseException as exc:  # re-raised by run(), on the calling thread
+                with self._lock:
+                    self._error = self._error or exc
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What every task of one batch shares. Tasks write disjoint entries of ``arrays`` (None: all null)."""
+
+    keys: BatchKeys
+    order: npt.NDArray[np.int64]
+    clamped: npt.NDArray[np.int64]
+    values: npt.NDArray[np.float64]
+    arrays: list[pa.Array | None]
+    scheduler: _Scheduler
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +223,27 @@ class _DomainEngine:
         self.distinct = [
             DistinctState(item.key, item.target, config.window(item.window)) for item in spec.distinct
         ]
-        self._null_columns: dict[tuple[int, str], pa.Array] = {}
+        self._null_columns: dict[tuple[int, int], pl.Series] = {}
+        self.names = [column.name for column in self.columns]
+        self._channel_rows = {
+            key: [self.channels.index(c) for c in state.channels] for key, state in self.windows.items()
+        }
+        # Where each feature's columns go in the output (the order of ``domain_columns``).
+        position = 0
+        self._key_at: dict[str, int] = {}
+        for key in spec.keys:
+            self._key_at[key.key] = position
+            position += len(self._key_types[key.key])
+        self._distinct_at = list(range(position, position + len(self.distinct)))
+        position += len(self.distinct)
+        self._home_at = position if self._home_distance else -1
+        position += 1 if self._home_distance else 0
+        self._geo_at = position
+        position += 4 if spec.geo_key is not None else 0
+        self._pair_at = {name: position + n for n, name in enumerate(self.pairs)}
+        position += len(self.pairs)
+        if position + 1 != len(self.columns):
+            raise AssertionError("feature step: column positions do not match the column list")
         self.watermark = NONE_TS
         self.last_evict = NONE_TS
         self.late_events = 0
@@ -144,11 +251,17 @@ class _DomainEngine:
 
     # ---------------------------------------------------------------------------------------------
 
-    def process(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The feature columns for ``frame``, in its row order."""
+    def process(
+        self, frame: pl.DataFrame, pool: ThreadPoolExecutor | None = None, threads: int = 1
+    ) -> list[pl.Series]:
+        """The feature columns for ``frame``, in its row order.
+
+        Each key's windows, and each novelty pair, only touch their own state, so with a ``pool`` they
+        are computed on two (or more) threads at once: the kernels release the GIL.
+        """
         rows = frame.height
         if rows == 0:
-            return pl.DataFrame(schema={column.name: column.dtype for column in self.columns})
+            return pl.DataFrame(schema={column.name: column.dtype for column in self.columns}).get_columns()
         config = self.config
         ts = event_times_us(frame)
         order = np.argsort(ts, kind="stable").astype(np.int64, copy=False)
@@ -158,62 +271,103 @@ class _DomainEngine:
         else:
             clamped = ts
         late = clamped > ts
-        tolerance = round(config.late_tolerance_s * _US)
         values = channel_values(self.domain, frame, self.channels, config)
-        arrays: list[pa.Array] = []
-        keyed: dict[str, _Keyed] = {}
-
+        keys = BatchKeys(frame)
+        work = _Batch(keys, order, clamped, values, [None] * len(self.columns), _Scheduler())
+        lates: list[npt.NDArray[np.bool_]] = []
+        # Costliest first (keys, then pairs, then the rest), so the threads finish close together.
         for key in self.spec.keys:
-            state = self.windows[key.key]
-            column = _column(key.key, frame)
-            if column is None:
-                continue
-            index = self.indexes[key.key]
-            idx = index.lookup(column)
-            state.ensure(index.capacity)
-            te, prev = effective_times(
-                order,
-                idx,
-                clamped,
-                index.last_seen,
-                tolerance_us=tolerance,
-                ttl_us=round(config.entity_ttl_s * _US),
-                late=late,
-            )
-            rows_values = values[[self.channels.index(c) for c in state.channels]]
-            counts, sums, stats = state.run(order, idx, te, prev, rows_values)
-            keyed[key.key] = _Keyed(idx, te, prev, idx >= 0, counts, sums, stats)
+            if not keys.present(key.key):
+                continue  # its columns (and distinct counts or travel built on it) stay null
+            key_late = np.zeros(rows, dtype=np.bool_)
+            lates.append(key_late)
+            work.scheduler.add(3.0 * rows, partial(self._key_task, work, key.key, key_late))
+        for name, pair in self.pairs.items():
+            work.scheduler.add(1.0 * rows, partial(self._pair_task, work, pair, self._pair_at[name]))
+        if self.geo_country is not None:
+            work.scheduler.add(1.0 * rows, partial(self._pair_task, work, self.geo_country, self._geo_at + 3))
+        if self._home_distance:
+            work.scheduler.add(0.5 * rows, partial(self._home_task, work))
+        work.scheduler.run(pool if rows >= _PARALLEL_ROWS else None, threads)
 
-        for key in self.spec.keys:
-            arrays += self._key_arrays(key.key, keyed.get(key.key), rows)
-
-        for item in self.distinct:
-            found = keyed.get(item.key)
-            if found is None:
-                arrays.append(self._nulls(rows, pa.int32()))
-                continue
-            item.ensure(self.indexes[item.key].capacity)
-            arrays.append(_int_column(item.run(frame, order, found.idx, found.te, found.prev), found.valid))
-
-        arrays += self._geo_arrays(frame, keyed, order, clamped)
-        ttl_novelty = round(config.novelty_ttl_s * _US)
-        for pair in self.pairs.values():
-            novel, has_pair = pair.run(frame, order, clamped, ttl_us=ttl_novelty)
-            arrays.append(_bool_column(novel, has_pair))
-        arrays.append(pa.array(late, type=pa.bool_()))
-
-        self.late_events += int(late.sum())
+        arrays = work.arrays
+        for key_late in lates:
+            late |= key_late
+        arrays[-1] = _arrow(late, pa.bool_(), _Validity(None), rows)
+        self.late_events += int(np.count_nonzero(late))
         self.watermark = max(self.watermark, int(ts.max()))
-        return pl.DataFrame(pa.Table.from_arrays(arrays, names=[column.name for column in self.columns]))
+        return self._series(arrays, rows)
 
-    def _key_arrays(self, key: str, found: _Keyed | None, rows: int) -> list[pa.Array]:
+    def _key_task(self, work: _Batch, key: str, late: npt.NDArray[np.bool_]) -> None:
+        """Everything built on one key: entity lookup, event times, windows, then :meth:`_key_outputs`."""
+        buffers = work.keys.get(key)
+        if buffers is None:
+            raise AssertionError(f"feature step: key {key!r} vanished from the batch")
+        config = self.config
+        state = self.windows[key]
+        index = self.indexes[key]
+        idx = index.lookup_buffers(buffers)
+        state.ensure(index.capacity)
+        te, prev = effective_times(
+            work.order,
+            idx,
+            work.clamped,
+            index.last_seen,
+            tolerance_us=round(config.late_tolerance_s * _US),
+            ttl_us=round(config.entity_ttl_s * _US),
+            late=late,
+        )
+        counts, sums, stats = state.run(work.order, idx, te, prev, work.values[self._channel_rows[key]])
+        self._key_outputs(work, key, _Keyed(idx, te, prev, idx >= 0, counts, sums, stats))
+
+    def _key_outputs(self, work: _Batch, key: str, found: _Keyed) -> None:
+        """A key's window columns, then its distinct counts and (geo key) travel."""
+        keys, order, arrays = work.keys, work.order, work.arrays
+        rows = keys.rows
+        index = self.indexes[key]
+        validity = _Validity(found.valid)
+        at = self._key_at[key]
+        for column in self._key_arrays(key, found, validity, rows):
+            arrays[at] = column
+            at += 1
+        for item, position in zip(self.distinct, self._distinct_at, strict=True):
+            if item.key == key:
+                item.ensure(index.capacity)
+                counted = item.run(keys, order, found.idx, found.te, found.prev)
+                arrays[position] = _arrow(counted, pa.int32(), validity, rows)
+        if self.geo is not None and key == self.spec.geo_key:
+            self.geo.ensure(index.capacity)
+            frame = keys.frame
+            distance, speed, flag = self.geo.run(
+                order, found.idx, found.te, found.prev, _floats(frame, "lat"), _floats(frame, "lon")
+            )
+            arrays[self._geo_at] = _float_column(distance, found.valid)
+            arrays[self._geo_at + 1] = _float_column(speed, found.valid)
+            arrays[self._geo_at + 2] = _bool_column(flag == 1, found.valid & (flag >= 0))
+
+    def _pair_task(self, work: _Batch, pair: NoveltyState, position: int) -> None:
+        ttl = round(self.config.novelty_ttl_s * _US)
+        novel, has_pair = pair.run(work.keys, work.order, work.clamped, ttl_us=ttl)
+        work.arrays[position] = _bool_column(novel, has_pair) if has_pair.any() else None
+
+    def _home_task(self, work: _Batch) -> None:
+        frame = work.keys.frame
+        if not all(_present(frame, name) for name in ("lat", "lon", "home_lat", "home_lon")):
+            return
+        home = GeoState.home_distance(
+            _floats(frame, "lat"),
+            _floats(frame, "lon"),
+            _floats(frame, "home_lat"),
+            _floats(frame, "home_lon"),
+        )
+        work.arrays[self._home_at] = _float_column(home, None)
+
+    def _key_arrays(self, key: str, found: _Keyed, validity: _Validity, rows: int) -> list[pa.Array]:
         spec = self._key_specs[key]
         state = self.windows[key]
         names = state.window_names
-        if found is None:
-            return [self._nulls(rows, arrow) for arrow in self._key_types[key]]
         valid, cnt, sums, stats = found.valid, found.counts, found.sums, found.stats
-        arrays = [_int_column(cnt[names.index(name)], valid) for name in spec.count_windows]
+        arrays = [_arrow(cnt[names.index(name)], pa.int32(), validity, rows) for name in spec.count_windows]
         for item in spec.sums:
             channel = state.channels.index(item.channel)
             for name in item.windows:
@@ -221,70 +375,38 @@ class _DomainEngine:
                 total = sums[channel, w]
                 if item.kind == "count":
                     whole = np.rint(np.where(valid, total, 0.0)).astype(np.int32)
-                    arrays.append(_int_column(whole, valid))
+                    arrays.append(_arrow(whole, pa.int32(), validity, rows))
                 elif item.kind == "per_second":
-                    arrays.append(_float_column(total / state.window_seconds[w], valid))
+                    arrays.append(_arrow(total / state.window_seconds[w], pa.float64(), validity, rows))
                 elif item.kind == "ratio":
-                    arrays.append(_float_column(total / np.maximum(cnt[w], 1), valid))
+                    arrays.append(_arrow(total / np.maximum(cnt[w], 1), pa.float64(), validity, rows))
                 else:
-                    arrays.append(_float_column(total, valid))
+                    arrays.append(_arrow(total, pa.float64(), validity, rows))
         if spec.amount_stats:
             arrays += [_float_column(stats[row], valid) for row in (1, 2, 3, 4)]
         if spec.secs_since_last:
             arrays.append(_float_column(stats[0], valid))
         return arrays
 
-    def _geo_arrays(
-        self,
-        frame: pl.DataFrame,
-        keyed: Mapping[str, _Keyed],
-        order: npt.NDArray[np.int64],
-        clamped: npt.NDArray[np.int64],
-    ) -> list[pa.Array]:
-        if self.geo is None or self.geo_country is None or self.spec.geo_key is None:
-            return []
-        rows = frame.height
-        arrays: list[pa.Array] = []
-        lat = _floats(frame, "lat")
-        lon = _floats(frame, "lon")
-        if self._home_distance:
-            if any(_column(name, frame) is None for name in ("lat", "lon", "home_lat", "home_lon")):
-                arrays.append(self._nulls(rows, pa.float64()))
-            else:
-                home = GeoState.home_distance(
-                    lat, lon, _floats(frame, "home_lat"), _floats(frame, "home_lon")
-                )
-                arrays.append(_float_column(home, None))
-        found = keyed.get(self.spec.geo_key)
-        if found is None:
-            arrays += [
-                self._nulls(rows, pa.float64()),
-                self._nulls(rows, pa.float64()),
-                self._nulls(rows, pa.bool_()),
-            ]
-        else:
-            valid = found.valid
-            self.geo.ensure(self.indexes[self.spec.geo_key].capacity)
-            distance, speed, flag = self.geo.run(order, found.idx, found.te, found.prev, lat, lon)
-            arrays += [
-                _float_column(distance, valid),
-                _float_column(speed, valid),
-                _bool_column(flag == 1, valid & (flag >= 0)),
-            ]
-        novel, has_pair = self.geo_country.run(
-            frame, order, clamped, ttl_us=round(self.config.novelty_ttl_s * _US)
-        )
-        arrays.append(_bool_column(novel, has_pair))
-        return arrays
+    def _series(self, arrays: list[pa.Array | None], rows: int) -> list[pl.Series]:
+        """Polars columns from the Arrow arrays, in one conversion; ``None`` (a feature the batch has no
+        data for) becomes an all-null column, reused from earlier batches of the same size."""
+        present = [n for n, array in enumerate(arrays) if array is not None]
+        table = pa.Table.from_arrays([arrays[n] for n in present], names=[self.names[n] for n in present])
+        series = [self._null_series(n, rows) for n in range(len(arrays))]
+        for n, column in zip(present, pl.DataFrame(table).get_columns(), strict=True):
+            series[n] = column
+        return series
 
-    def _nulls(self, rows: int, arrow: pa.DataType) -> pa.Array:
-        """An all-null column, reused across batches of the same size (Arrow arrays are immutable)."""
-        key = (rows, str(arrow))
+    def _null_series(self, n: int, rows: int) -> pl.Series:
+        key = (n, rows)
         cached = self._null_columns.get(key)
         if cached is None:
-            if len(self._null_columns) > 64:
+            if len(self._null_columns) > 4 * len(self.columns):
                 self._null_columns.clear()  # batch sizes vary: keep the cache small
-            cached = self._null_columns[key] = pa.nulls(rows, arrow)
+            column = self.columns[n]
+            cached = pl.repeat(None, rows, dtype=column.dtype, eager=True).alias(column.name)
+            self._null_columns[key] = cached
         return cached
 
     # ---------------------------------------------------------------------------------------------
@@ -396,6 +518,10 @@ class FeatureStep(Step):
         What to compute; :data:`~finsecure.features.config.DEFAULT_CONFIG` by default.
     step_id
         Name of the step in its pipeline.
+    threads
+        Threads a batch's features may use: different keys' windows and the novelty pairs are
+        independent, so they run side by side (the kernels release the GIL). Default: two, or one on a
+        one-core machine. Results never depend on it.
 
     Examples
     --------
@@ -413,10 +539,16 @@ class FeatureStep(Step):
     [None, 600.0, None]
     """
 
-    def __init__(self, config: FeatureConfig | None = None, *, step_id: str = "features") -> None:
+    def __init__(
+        self, config: FeatureConfig | None = None, *, step_id: str = "features", threads: int | None = None
+    ) -> None:
         self.step_id = step_id
         self.config = config if config is not None else DEFAULT_CONFIG
+        self.threads = threads if threads is not None else min(2, os.cpu_count() or 1)
+        if self.threads < 1:
+            raise ValueError("feature step: threads must be at least 1")
         self._engines: dict[Domain, _DomainEngine] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def columns(self, domain: Domain) -> tuple[str, ...]:
         """Names of the feature columns added to batches of ``domain``, in order."""
@@ -427,13 +559,21 @@ class FeatureStep(Step):
         engine = self._engine(batch.domain)
         if engine is None:
             return batch
-        features = engine.process(batch.frame)
+        if self._pool is None and self.threads > 1 and batch.frame.height >= _PARALLEL_ROWS:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix=f"{self.step_id}-helper")
+        features = engine.process(batch.frame, self._pool, self.threads)
         frame = batch.frame
         existing = set(frame.columns)
-        clash = [name for name in features.columns if name in existing]
+        clash = [name for name in engine.names if name in existing]
         if clash:
             frame = frame.drop(clash)  # recomputed features replace stale ones
-        return batch.with_frame(frame.hstack(features.get_columns()))
+        return batch.with_frame(frame.hstack(features))
+
+    def close(self) -> None:
+        """Stop the helper threads (a later batch starts them again)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _engine(self, domain: Domain) -> _DomainEngine | None:
         engine = self._engines.get(domain)

@@ -51,7 +51,7 @@ import numpy.typing as npt
 import polars as pl
 
 from finsecure.event.schemas import Domain
-from finsecure.features._numba import NONE_TS, kernel, prefetch
+from finsecure.features._numba import NONE_TS, inline_kernel, kernel, prefetch
 from finsecure.features.columns import key_window_names
 from finsecure.features.config import FeatureConfig, KeyFeatures
 
@@ -61,6 +61,7 @@ STD_FLOOR = 1e-9
 """``amount_zscore`` is null when the standard deviation is at most ``STD_FLOOR * max(1, |mean|)``."""
 
 _US = 1_000_000
+_LINE = 64
 _T = TypeVar("_T", bound=np.generic)
 
 
@@ -119,32 +120,203 @@ def _to_float(hi: np.uint64, lo: np.uint64) -> float:
     return float(np.int64(hi)) + float(lo) * _TWO_MINUS_64
 
 
-@kernel
-def _add_to(
-    dst: npt.NDArray[np.uint64], at: int, src: npt.NDArray[np.uint64], start: int, words: int, sign: int
+@inline_kernel
+def _add_cell(
+    dst: npt.NDArray[np.uint64],
+    e: int,
+    at: int,
+    src: npt.NDArray[np.uint64],
+    se: int,
+    start: int,
+    n_chan: int,
+    sign: int,
 ) -> None:
-    """``dst[at:at+words] += sign * src[start:start+words]``: a count, then 128-bit (hi, lo) sums."""
+    """``dst[e, at:at+w] += sign * src[se, start:start+w]``: a count, then ``n_chan`` 128-bit (hi, lo)
+    sums, with carries (``w = 1 + 2 * n_chan``)."""
     one = np.uint64(1)
     zero = np.uint64(0)
     if sign > 0:
-        dst[at] += src[start]
-        for j in range(at + 1, at + words, 2):
-            lo = src[start + j - at + 1]
-            new = dst[j + 1] + lo
+        dst[e, at] += src[se, start]
+        for c in range(n_chan):
+            j = at + 1 + 2 * c
+            k = start + 1 + 2 * c
+            lo = src[se, k + 1]
+            new = dst[e, j + 1] + lo
             carry = one if new < lo else zero
-            dst[j + 1] = new
-            dst[j] += src[start + j - at] + carry
+            dst[e, j + 1] = new
+            dst[e, j] += src[se, k] + carry
     else:
-        dst[at] -= src[start]
-        for j in range(at + 1, at + words, 2):
-            lo = src[start + j - at + 1]
-            borrow = one if dst[j + 1] < lo else zero
-            dst[j + 1] -= lo
-            dst[j] -= src[start + j - at] + borrow
+        dst[e, at] -= src[se, start]
+        for c in range(n_chan):
+            j = at + 1 + 2 * c
+            k = start + 1 + 2 * c
+            lo = src[se, k + 1]
+            borrow = one if dst[e, j + 1] < lo else zero
+            dst[e, j + 1] -= lo
+            dst[e, j] -= src[se, k] + borrow
 
 
-_AHEAD = 16
+_AHEAD = 8
 """How many rows ahead the kernel asks for an entity's state to be loaded."""
+
+
+@inline_kernel
+def _windows_loop(
+    order: npt.NDArray[np.int64],
+    idx: npt.NDArray[np.int64],
+    te: npt.NDArray[np.int64],
+    t_buckets: npt.NDArray[np.int64],
+    prev: npt.NDArray[np.int64],
+    p_buckets: npt.NDArray[np.int64],
+    values: npt.NDArray[np.float64],
+    stats_channel: int,
+    ring_g: npt.NDArray[np.int64],
+    ring_n: npt.NDArray[np.int64],
+    ring_off: npt.NDArray[np.int64],
+    ring_first: npt.NDArray[np.int64],
+    win_order: npt.NDArray[np.int64],
+    win_ring: npt.NDArray[np.int64],
+    win_n: npt.NDArray[np.int64],
+    chan_win: npt.NDArray[np.bool_],
+    state: npt.NDArray[np.uint64],
+    state_f: npt.NDArray[np.float64],
+    out_cnt: npt.NDArray[np.int32],
+    out_sum: npt.NDArray[np.float64],
+    out_stats: npt.NDArray[np.float64],
+    n_chan: int,
+) -> None:
+    # One state row per entity: ring masks, amount statistics (as float64 through ``state_f``, the same
+    # memory), window totals, then the ring cells; so a row touches as few cache lines as possible.
+    # The state is always indexed as ``state[e, j]``: taking a row view (``state[e]``) per event costs
+    # reference counting that is a large share of the work per row.
+    n_rings = len(ring_g)
+    n_win = len(win_n)
+    width = 1 + 2 * n_chan
+    at_stats = n_rings
+    at_totals = n_rings + 3
+    at_cells = at_totals + n_win * width
+    nan = np.nan
+    zero = np.uint64(0)
+    one = np.uint64(1)
+    magic = np.uint64(_DEBRUIJN_MAGIC)
+    shift = np.uint64(58)
+    # This row as one cell: count 1, then each channel as 64.64 fixed point (null adds 0).
+    row_cell = np.zeros((1, width), dtype=np.uint64)
+    row_cell[0, 0] = one
+    ref_bucket = np.zeros(n_rings, dtype=np.int64)
+    rows = len(order)
+    for k in range(rows):
+        if k + _AHEAD < rows:
+            ahead = order[k + _AHEAD]
+            coming = idx[ahead]
+            if coming >= 0:
+                for word in range(0, at_cells, 8):
+                    prefetch(state, coming, word)
+                for r in range(n_rings):
+                    slot = t_buckets[r, ahead] & (ring_n[r] - 1)
+                    prefetch(state, coming, at_cells + (ring_off[r] + slot) * width)
+        i = order[k]
+        e = idx[i]
+        if e < 0:
+            continue
+        t = te[i]
+        p = prev[i]
+        for c in range(n_chan):
+            v = values[c, i]
+            if v == v:
+                row_cell[0, 1 + 2 * c] = _fixed_hi(v)
+                row_cell[0, 2 + 2 * c] = _fixed_lo(v)
+            else:
+                row_cell[0, 1 + 2 * c] = zero
+                row_cell[0, 2 + 2 * c] = zero
+        if p == NONE_TS:
+            for j in range(at_cells):
+                state[e, j] = zero
+            for r in range(n_rings):
+                ref_bucket[r] = t_buckets[r, i]
+            out_stats[0, i] = nan
+        else:
+            out_stats[0, i] = max(t - p, 0) / 1e6
+            for r in range(n_rings):
+                old = p_buckets[r, i]
+                new = max(old, t_buckets[r, i])
+                ref_bucket[r] = new
+                gap = new - old
+                if gap <= 0:
+                    continue
+                n = ring_n[r]
+                base = at_cells + ring_off[r] * width
+                # Buckets leaving a window are taken off its running total (exact: integer arithmetic).
+                for q in range(ring_first[r], ring_first[r + 1]):
+                    w = win_order[q]
+                    nw = win_n[w]
+                    total = at_totals + w * width
+                    if gap >= nw:
+                        for j in range(total, total + width):
+                            state[e, j] = zero
+                        continue
+                    todo = state[e, r] & _span((old - nw + 1) & (n - 1), gap, n)
+                    while todo != zero:
+                        low = todo & (~todo + one)
+                        cell = base + _DEBRUIJN[(low * magic) >> shift] * width
+                        _add_cell(state, e, total, state, e, cell, n_chan, -1)
+                        todo ^= low
+                # Buckets that left the ring are dropped by clearing their bits; a cell is overwritten
+                # when its bit is set again, so nothing else needs clearing.
+                if gap >= n:
+                    state[e, r] = zero
+                else:
+                    state[e, r] &= ~_span((old + 1) & (n - 1), gap, n)
+        # Add this row to the bucket of its own time (a late row within tolerance lands in the past)
+        # and to the running total of every window that bucket is in.
+        for r in range(n_rings):
+            n = ring_n[r]
+            bucket = t_buckets[r, i]
+            if ref_bucket[r] - bucket >= n:
+                continue
+            slot = bucket & (n - 1)
+            cell = at_cells + (ring_off[r] + slot) * width
+            bit = one << np.uint64(slot)
+            mask = state[e, r]
+            if mask & bit:
+                _add_cell(state, e, cell, row_cell, 0, 0, n_chan, 1)
+            else:
+                state[e, r] = mask | bit
+                for j in range(width):
+                    state[e, cell + j] = row_cell[0, j]
+        for w in range(n_win):
+            r = win_ring[w]
+            total = at_totals + w * width
+            if ref_bucket[r] - t_buckets[r, i] < win_n[w]:
+                _add_cell(state, e, total, row_cell, 0, 0, n_chan, 1)
+            out_cnt[w, i] = np.int32(state[e, total])
+            for c in range(n_chan):
+                if chan_win[c, w]:
+                    out_sum[c, w, i] = _to_float(state[e, total + 1 + 2 * c], state[e, total + 2 + 2 * c])
+        if stats_channel >= 0:
+            x = values[stats_channel, i]
+            m = state_f[e, at_stats]
+            mean = state_f[e, at_stats + 1]
+            out_stats[1, i] = nan
+            out_stats[2, i] = nan
+            out_stats[3, i] = nan
+            out_stats[4, i] = nan
+            if m >= 1.0:
+                out_stats[1, i] = mean
+                if mean != 0.0 and x == x:
+                    out_stats[3, i] = x / mean
+            if m >= 2.0:
+                std = math.sqrt(state_f[e, at_stats + 2] / m)
+                out_stats[2, i] = std
+                if std > STD_FLOOR * max(1.0, abs(mean)) and x == x:
+                    out_stats[4, i] = (x - mean) / std
+            if x == x:
+                m += 1.0
+                delta = x - mean
+                mean += delta / m
+                state_f[e, at_stats + 2] += delta * (x - mean)
+                state_f[e, at_stats] = m
+                state_f[e, at_stats + 1] = mean
 
 
 @kernel
@@ -171,142 +343,58 @@ def _windows(
     out_sum: npt.NDArray[np.float64],
     out_stats: npt.NDArray[np.float64],
 ) -> None:
-    # One state row per entity: ring masks, amount statistics (as float64 through ``state_f``, the same
-    # memory), window totals, then the ring cells; so a row touches as few cache lines as possible.
-    n_rings = len(ring_g)
-    n_chan = values.shape[0]
-    n_win = len(win_n)
-    width = 1 + 2 * n_chan
-    at_stats = n_rings
-    at_totals = n_rings + 3
-    at_cells = at_totals + n_win * width
-    nan = np.nan
-    zero = np.uint64(0)
-    one = np.uint64(1)
-    magic = np.uint64(_DEBRUIJN_MAGIC)
-    shift = np.uint64(58)
-    # This row as one cell: count 1, then each channel as 64.64 fixed point (null adds 0).
-    row_cell = np.zeros(width, dtype=np.uint64)
-    row_cell[0] = one
-    ref_bucket = np.zeros(n_rings, dtype=np.int64)
-    rows = len(order)
-    for k in range(rows):
-        if k + _AHEAD < rows:
-            ahead = order[k + _AHEAD]
-            coming = idx[ahead]
-            if coming >= 0:
-                for word in range(0, at_cells, 8):
-                    prefetch(state, coming, word)
-                for r in range(n_rings):
-                    slot = t_buckets[r, ahead] & (ring_n[r] - 1)
-                    prefetch(state, coming, at_cells + (ring_off[r] + slot) * width)
-                if prev[ahead] != NONE_TS:
-                    # The oldest bucket of each window is the one most likely to leave it.
-                    for w in range(n_win):
-                        r = win_ring[w]
-                        if 0 < t_buckets[r, ahead] - p_buckets[r, ahead] < win_n[w]:
-                            slot = (p_buckets[r, ahead] - win_n[w] + 1) & (ring_n[r] - 1)
-                            prefetch(state, coming, at_cells + (ring_off[r] + slot) * width)
-        i = order[k]
-        e = idx[i]
-        if e < 0:
-            continue
-        t = te[i]
-        p = prev[i]
-        s_row = state[e]
-        f_row = state_f[e]
-        for c in range(n_chan):
-            v = values[c, i]
-            if v == v:
-                row_cell[1 + 2 * c] = _fixed_hi(v)
-                row_cell[2 + 2 * c] = _fixed_lo(v)
-            else:
-                row_cell[1 + 2 * c] = zero
-                row_cell[2 + 2 * c] = zero
-        if p == NONE_TS:
-            s_row[:at_cells] = zero
-            for r in range(n_rings):
-                ref_bucket[r] = t_buckets[r, i]
-            out_stats[0, i] = nan
-        else:
-            out_stats[0, i] = max(t - p, 0) / 1e6
-            for r in range(n_rings):
-                old = p_buckets[r, i]
-                new = max(old, t_buckets[r, i])
-                ref_bucket[r] = new
-                gap = new - old
-                if gap <= 0:
-                    continue
-                n = ring_n[r]
-                base = at_cells + ring_off[r] * width
-                # Buckets leaving a window are taken off its running total (exact: integer arithmetic).
-                for q in range(ring_first[r], ring_first[r + 1]):
-                    w = win_order[q]
-                    nw = win_n[w]
-                    total = at_totals + w * width
-                    if gap >= nw:
-                        s_row[total : total + width] = zero
-                        continue
-                    todo = s_row[r] & _span((old - nw + 1) & (n - 1), gap, n)
-                    while todo != zero:
-                        low = todo & (~todo + one)
-                        cell = base + _DEBRUIJN[(low * magic) >> shift] * width
-                        _add_to(s_row, total, s_row, cell, width, -1)
-                        todo ^= low
-                # Buckets that left the ring are dropped by clearing their bits; a cell is overwritten
-                # when its bit is set again, so nothing else needs clearing.
-                if gap >= n:
-                    s_row[r] = zero
-                else:
-                    s_row[r] &= ~_span((old + 1) & (n - 1), gap, n)
-        # Add this row to the bucket of its own time (a late row within tolerance lands in the past)
-        # and to the running total of every window that bucket is in.
-        for r in range(n_rings):
-            n = ring_n[r]
-            bucket = t_buckets[r, i]
-            if ref_bucket[r] - bucket >= n:
-                continue
-            slot = bucket & (n - 1)
-            cell = at_cells + (ring_off[r] + slot) * width
-            bit = one << np.uint64(slot)
-            if s_row[r] & bit:
-                _add_to(s_row, cell, row_cell, 0, width, 1)
-            else:
-                s_row[r] |= bit
-                s_row[cell : cell + width] = row_cell
-        for w in range(n_win):
-            r = win_ring[w]
-            total = at_totals + w * width
-            if ref_bucket[r] - t_buckets[r, i] < win_n[w]:
-                _add_to(s_row, total, row_cell, 0, width, 1)
-            out_cnt[w, i] = np.int32(s_row[total])
-            for c in range(n_chan):
-                if chan_win[c, w]:
-                    out_sum[c, w, i] = _to_float(s_row[total + 1 + 2 * c], s_row[total + 2 + 2 * c])
-        if stats_channel >= 0:
-            x = values[stats_channel, i]
-            m = f_row[at_stats]
-            mean = f_row[at_stats + 1]
-            out_stats[1, i] = nan
-            out_stats[2, i] = nan
-            out_stats[3, i] = nan
-            out_stats[4, i] = nan
-            if m >= 1.0:
-                out_stats[1, i] = mean
-                if mean != 0.0 and x == x:
-                    out_stats[3, i] = x / mean
-            if m >= 2.0:
-                std = math.sqrt(f_row[at_stats + 2] / m)
-                out_stats[2, i] = std
-                if std > STD_FLOOR * max(1.0, abs(mean)) and x == x:
-                    out_stats[4, i] = (x - mean) / std
-            if x == x:
-                m += 1.0
-                delta = x - mean
-                mean += delta / m
-                f_row[at_stats + 2] += delta * (x - mean)
-                f_row[at_stats] = m
-                f_row[at_stats + 1] = mean
+    # One copy of the loop for the usual single channel (amounts, failed logins): with the channel
+    # count a constant, the compiler unrolls the 128-bit sum updates (much faster), the rest share one.
+    if values.shape[0] == 1:
+        _windows_loop(
+            order,
+            idx,
+            te,
+            t_buckets,
+            prev,
+            p_buckets,
+            values,
+            stats_channel,
+            ring_g,
+            ring_n,
+            ring_off,
+            ring_first,
+            win_order,
+            win_ring,
+            win_n,
+            chan_win,
+            state,
+            state_f,
+            out_cnt,
+            out_sum,
+            out_stats,
+            1,
+        )
+    else:
+        _windows_loop(
+            order,
+            idx,
+            te,
+            t_buckets,
+            prev,
+            p_buckets,
+            values,
+            stats_channel,
+            ring_g,
+            ring_n,
+            ring_off,
+            ring_first,
+            win_order,
+            win_ring,
+            win_n,
+            chan_win,
+            state,
+            state_f,
+            out_cnt,
+            out_sum,
+            out_stats,
+            values.shape[0],
+        )
 
 
 def channel_values(
@@ -404,9 +492,10 @@ class WindowState:
         ``values`` holds this state's :attr:`channels`, in order. Rows without an entity are left
         unspecified (the caller masks them)."""
         rows = len(idx)
-        out_cnt = np.zeros((len(self._win_n), rows), dtype=np.int32)
-        out_sum = np.full((len(self.channels), len(self._win_n), rows), np.nan, dtype=np.float64)
-        out_stats = np.full((5, rows), np.nan, dtype=np.float64)
+        # Every entry the caller reads is written by the kernel (rows without an entity are masked).
+        out_cnt = np.empty((len(self._win_n), rows), dtype=np.int32)
+        out_sum = np.empty((len(self.channels), len(self._win_n), rows), dtype=np.float64)
+        out_stats = np.empty((5, rows), dtype=np.float64)
         # Bucket numbers of every row in every ring, computed in one vectorised pass.
         t_buckets = np.floor_divide(te[np.newaxis, :], self._ring_g[:, np.newaxis])
         p_buckets = np.floor_divide(prev[np.newaxis, :], self._ring_g[:, np.newaxis])
@@ -458,6 +547,12 @@ def _grow_rows(array: npt.NDArray[_T], capacity: int) -> npt.NDArray[_T]:
     size = max(len(array), 1)
     while size < capacity:
         size *= 2
-    grown: npt.NDArray[_T] = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
+    shape = (size, *array.shape[1:])
+    # Rows are whole cache lines; starting the array on a line boundary keeps each row on as few lines
+    # as possible (NumPy only aligns to 16 bytes).
+    nbytes = int(np.prod(shape)) * array.dtype.itemsize
+    raw = np.zeros(nbytes + _LINE, dtype=np.uint8)
+    skip = -raw.ctypes.data % _LINE
+    grown: npt.NDArray[_T] = raw[skip : skip + nbytes].view(array.dtype).reshape(shape)
     grown[: len(array)] = array
     return grown
