@@ -46,6 +46,7 @@ test: $(DEV_STAMP) services lint typecheck ## Everything: lint, types, and the w
 bench: $(DEV_STAMP) ## Benchmarks on the shared datasets: prints tables, writes bench/results/*.json
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/features.py
 	$(BIN)/python bench/pipeline.py
 
 fuzz: $(DEV_STAMP) services ## A longer schemathesis run over every API operation and role
