@@ -3,7 +3,7 @@
 Only :class:`~finsecure.features.step.FeatureStep` is timed (no source, no pipeline), on frames already
 in memory. Cases:
 
-- ``handbook``: the fraud-handbook stream (1.75 M transactions over five months; customers as
+- ``handbook``: the fraud-handbook stream (1.47 M transactions over five months; customers as
   ``user_id``, terminals as ``merchant_id``) with the default payment features;
 - ``handbook_book``: the same stream with only the handbook's own features (1, 7 and 30-day count and
   amount windows per customer and per terminal);

@@ -9,13 +9,14 @@ worker runs its own step over the partitions it owns (state is partitioned by en
 Per batch (all columnar; no Python loop over rows):
 
 1. Row times as int64 µs, a stable sort order by time, and the watermark clamp.
-2. Every ``evict_every_s`` of event time, idle entities are evicted from every index, at a
-   cut-off that makes eviction invisible in the results (see ``_DomainEngine._maybe_evict``).
+2. Every ``evict_every_s`` of event time, idle entities are evicted from every index (each by the
+   task that uses it, before using it), at a cut-off that makes eviction invisible in the results
+   (see ``_DomainEngine._cutoffs``).
 3. Per key column: dense indices (:class:`~finsecure.features.entity_index.EntityIndex`), effective
    times (:mod:`~finsecure.features.clock`), window kernel (:mod:`~finsecure.features.windows`), then
    its distinct counts and (geo key) travel. Per novelty pair: pair keys, index, first-seen flags.
-4. All feature columns are converted to Polars at once (features with no data in the batch are
-   shared all-null columns) and appended in one ``hstack``.
+4. Each task converts its columns to Polars itself (features with no data in the batch are shared
+   all-null columns), and all are appended in one ``hstack``.
 
 Threads: the work of step 3 is a set of tasks that touch disjoint state (one key's index and windows,
 one pair's index). A small scheduler runs them costliest first on the pipeline's thread and
@@ -33,7 +34,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -71,8 +72,9 @@ def event_times_us(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
         raise ValueError(f"feature step: 'ts' has {ts.null_count()} null(s); every event needs a time")
     if ts.dtype.time_unit != "us":
         ts = ts.dt.cast_time_unit("us")
-    # Writable and contiguous, so every kernel sees one array type (numba compiles one version per type).
-    return np.require(ts.to_physical().to_numpy(), np.int64, ["C", "W"])
+    # datetime64[us] shares the column's buffer (to_physical() would build a new column first); the copy
+    # makes it writable and contiguous, so every kernel sees one array type (numba compiles per type).
+    return np.require(ts.to_numpy().view(np.int64), np.int64, ["C", "W"])
 
 
 class _Validity:
@@ -121,9 +123,6 @@ def _floats(frame: pl.DataFrame, name: str) -> npt.NDArray[np.float64]:
 _PARALLEL_ROWS = 2_048
 """Batches smaller than this run on one thread: handing work to another thread would cost more."""
 
-_DEFAULT_ROW_COST = 1e-7
-"""Expected seconds per row of a task not timed yet."""
-
 
 class _Scheduler:
     """Runs a batch's tasks on the calling thread and, if given a pool, on helper threads too.
@@ -140,7 +139,7 @@ class _Scheduler:
         self._error: BaseException | None = None
 
     def add(self, cost: float, task: Callable[[], None]) -> None:
-        """Queue ``task``; ``cost`` (any unit) orders the queue."""
+        """Queue ``task`` (before :meth:`run`); ``cost`` (any unit) orders the queue."""
         heapq.heappush(self._ready, (-cost, len(self._ready), task))
 
     def run(self, pool: ThreadPoolExecutor | None, threads: int) -> None:
@@ -167,14 +166,31 @@ class _Scheduler:
 
 @dataclass(slots=True)
 class _Batch:
-    """What every task of one batch shares. Tasks write disjoint entries of ``arrays`` (None: all null)."""
+    """What every task of one batch shares. Each task writes its own entries of ``series`` (None: the
+    column is all null) and evicts the indexes it uses (``cutoffs``: None when no eviction is due)."""
 
     keys: BatchKeys
     order: npt.NDArray[np.int64]
     clamped: npt.NDArray[np.int64]
     values: npt.NDArray[np.float64]
-    arrays: list[pa.Array | None]
+    series: list[pl.Series | None]
     scheduler: _Scheduler
+    cutoffs: _Cutoffs | None
+    evicted: list[int] = field(default_factory=list)
+
+    def evict(self, index: EntityIndex, cutoff: int) -> None:
+        """Evict ``index`` if an eviction is due in this batch (list appends are thread-safe)."""
+        if self.cutoffs is not None:
+            self.evicted.append(index.evict(cutoff))
+
+
+@dataclass(frozen=True, slots=True)
+class _Cutoffs:
+    """``last_seen`` cut-offs of an eviction (see ``_DomainEngine._cutoffs``)."""
+
+    entities: int
+    pairs: int
+    base: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,20 +281,23 @@ class _DomainEngine:
         config = self.config
         ts = event_times_us(frame)
         order = np.argsort(ts, kind="stable").astype(np.int64, copy=False)
+        cutoffs = None
         if self.watermark != NONE_TS:
-            self._maybe_evict()
+            cutoffs = self._cutoffs()
             clamped = np.maximum(ts, self.watermark - round(config.max_delay_s * _US))
         else:
             clamped = ts
         late = clamped > ts
         values = channel_values(self.domain, frame, self.channels, config)
         keys = BatchKeys(frame)
-        work = _Batch(keys, order, clamped, values, [None] * len(self.columns), _Scheduler())
+        work = _Batch(keys, order, clamped, values, [None] * len(self.columns), _Scheduler(), cutoffs)
         lates: list[npt.NDArray[np.bool_]] = []
+        absent: list[str] = []
         # Costliest first (keys, then pairs, then the rest), so the threads finish close together.
         for key in self.spec.keys:
             if not keys.present(key.key):
-                continue  # its columns (and distinct counts or travel built on it) stay null
+                absent.append(key.key)  # its columns (and distinct counts or travel on it) stay null
+                continue
             key_late = np.zeros(rows, dtype=np.bool_)
             lates.append(key_late)
             work.scheduler.add(3.0 * rows, partial(self._key_task, work, key.key, key_late))
@@ -288,15 +307,20 @@ class _DomainEngine:
             work.scheduler.add(1.0 * rows, partial(self._pair_task, work, self.geo_country, self._geo_at + 3))
         if self._home_distance:
             work.scheduler.add(0.5 * rows, partial(self._home_task, work))
+        if cutoffs is not None and absent:
+            work.scheduler.add(0.0, partial(self._evict_keys, work, absent))
         work.scheduler.run(pool if rows >= _PARALLEL_ROWS else None, threads)
 
-        arrays = work.arrays
         for key_late in lates:
             late |= key_late
-        arrays[-1] = _arrow(late, pa.bool_(), _Validity(None), rows)
+        series = work.series
+        series[-1] = pl.Series(self.names[-1], late, dtype=pl.Boolean)
         self.late_events += int(np.count_nonzero(late))
+        self.evictions += sum(work.evicted)
         self.watermark = max(self.watermark, int(ts.max()))
-        return self._series(arrays, rows)
+        return [
+            column if column is not None else self._null_series(n, rows) for n, column in enumerate(series)
+        ]
 
     def _key_task(self, work: _Batch, key: str, late: npt.NDArray[np.bool_]) -> None:
         """Everything built on one key: entity lookup, event times, windows, then :meth:`_key_outputs`."""
@@ -306,6 +330,7 @@ class _DomainEngine:
         config = self.config
         state = self.windows[key]
         index = self.indexes[key]
+        self._evict_keys(work, [key])
         idx = index.lookup_buffers(buffers)
         state.ensure(index.capacity)
         te, prev = effective_times(
@@ -322,11 +347,12 @@ class _DomainEngine:
 
     def _key_outputs(self, work: _Batch, key: str, found: _Keyed) -> None:
         """A key's window columns, then its distinct counts and (geo key) travel."""
-        keys, order, arrays = work.keys, work.order, work.arrays
+        keys, order = work.keys, work.order
         rows = keys.rows
         index = self.indexes[key]
         validity = _Validity(found.valid)
         at = self._key_at[key]
+        arrays: dict[int, pa.Array] = {}
         for column in self._key_arrays(key, found, validity, rows):
             arrays[at] = column
             at += 1
@@ -344,11 +370,15 @@ class _DomainEngine:
             arrays[self._geo_at] = _float_column(distance, found.valid)
             arrays[self._geo_at + 1] = _float_column(speed, found.valid)
             arrays[self._geo_at + 2] = _bool_column(flag == 1, found.valid & (flag >= 0))
+        self._publish(work, arrays)
 
     def _pair_task(self, work: _Batch, pair: NoveltyState, position: int) -> None:
+        if work.cutoffs is not None:
+            work.evict(pair.index, work.cutoffs.pairs)
         ttl = round(self.config.novelty_ttl_s * _US)
         novel, has_pair = pair.run(work.keys, work.order, work.clamped, ttl_us=ttl)
-        work.arrays[position] = _bool_column(novel, has_pair) if has_pair.any() else None
+        if has_pair.any():
+            self._publish(work, {position: _bool_column(novel, has_pair)})
 
     def _home_task(self, work: _Batch) -> None:
         frame = work.keys.frame
@@ -360,7 +390,26 @@ class _DomainEngine:
             _floats(frame, "home_lat"),
             _floats(frame, "home_lon"),
         )
-        work.arrays[self._home_at] = _float_column(home, None)
+        self._publish(work, {self._home_at: _float_column(home, None)})
+
+    def _evict_keys(self, work: _Batch, keys: list[str]) -> None:
+        """Evict the indexes of some keys and of the distinct counts built on them, if one is due."""
+        cutoffs = work.cutoffs
+        if cutoffs is None:
+            return
+        for key in keys:
+            work.evict(self.indexes[key], cutoffs.entities)
+            for item in self.distinct:
+                if item.key == key:
+                    work.evict(item.index, cutoffs.base - item.window.length_s * _US)
+
+    def _publish(self, work: _Batch, arrays: dict[int, pa.Array]) -> None:
+        """Convert a task's columns to Polars in one go, inside the task: the conversion holds the GIL,
+        so done here it overlaps with the other threads' kernels instead of adding to the batch."""
+        positions = sorted(arrays)
+        table = pa.Table.from_arrays([arrays[n] for n in positions], names=[self.names[n] for n in positions])
+        for n, column in zip(positions, pl.DataFrame(table).get_columns(), strict=True):
+            work.series[n] = column
 
     def _key_arrays(self, key: str, found: _Keyed, validity: _Validity, rows: int) -> list[pa.Array]:
         spec = self._key_specs[key]
@@ -388,16 +437,6 @@ class _DomainEngine:
             arrays.append(_float_column(stats[0], valid))
         return arrays
 
-    def _series(self, arrays: list[pa.Array | None], rows: int) -> list[pl.Series]:
-        """Polars columns from the Arrow arrays, in one conversion; ``None`` (a feature the batch has no
-        data for) becomes an all-null column, reused from earlier batches of the same size."""
-        present = [n for n, array in enumerate(arrays) if array is not None]
-        table = pa.Table.from_arrays([arrays[n] for n in present], names=[self.names[n] for n in present])
-        series = [self._null_series(n, rows) for n in range(len(arrays))]
-        for n, column in zip(present, pl.DataFrame(table).get_columns(), strict=True):
-            series[n] = column
-        return series
-
     def _null_series(self, n: int, rows: int) -> pl.Series:
         key = (n, rows)
         cached = self._null_columns.get(key)
@@ -411,26 +450,26 @@ class _DomainEngine:
 
     # ---------------------------------------------------------------------------------------------
 
-    def _maybe_evict(self) -> None:
-        """Evict idle entities when the watermark moved ``evict_every_s`` since the last time.
+    def _cutoffs(self) -> _Cutoffs | None:
+        """The eviction cut-offs when the watermark moved ``evict_every_s`` since the last eviction.
 
         Why eviction never changes a result: every later row has a clamped time of at least
         ``watermark - max_delay``. An entity is evicted only when its ``last_seen`` is before
         ``watermark - max_delay - ttl``, so any later row of it is more than ``ttl`` after its
         ``last_seen`` and would start it afresh anyway. Distinct-count pairs use the window length as
-        their time-to-live: a pair that old is outside every later window.
+        their time-to-live: a pair that old is outside every later window. Each task evicts the
+        indexes it uses before it uses them.
         """
         every = round(self.config.evict_every_s * _US)
         if self.last_evict != NONE_TS and self.watermark - self.last_evict < every:
-            return
+            return None
         self.last_evict = self.watermark
         base = self.watermark - round(self.config.max_delay_s * _US)
-        for index in self.indexes.values():
-            self.evictions += index.evict(base - round(self.config.entity_ttl_s * _US))
-        for pair in (*self.pairs.values(), *([self.geo_country] if self.geo_country else [])):
-            self.evictions += pair.index.evict(base - round(self.config.novelty_ttl_s * _US))
-        for item in self.distinct:
-            self.evictions += item.index.evict(base - item.window.length_s * _US)
+        return _Cutoffs(
+            entities=base - round(self.config.entity_ttl_s * _US),
+            pairs=base - round(self.config.novelty_ttl_s * _US),
+            base=base,
+        )
 
     def nbytes(self) -> int:
         """Memory held by all state of this domain, in bytes."""

@@ -34,11 +34,14 @@ subtraction are exact, so a window total can be updated incrementally with no dr
 takes the buckets leaving each window off its total (only non-empty ones, found through the mask;
 a window left entirely is reset to zero), then adds itself to its bucket and to the total of every
 window that bucket is in. The work per row is constant, whatever the window length or the entity's
-rate. Everything of one entity sits in one row of ``state`` (masks, statistics, totals, cells), and
-rows of entities coming up a few events ahead are prefetched, because on a large stream nearly every
-row's state is a cache miss. Memory per entity and key: ``8 * (rings + 3 + (windows + cells) * (1 +
-2 * channels))`` bytes, rounded up to 64: 3,264 bytes for the default payment keys (1 h in 1-minute
-buckets, 24 h in hours, 7 and 30 days in days, one amount channel).
+rate. Everything of one entity sits in one row of ``state`` (masks, statistics, totals, cells; rows
+start on cache-line boundaries), and for rows a few events ahead the kernel prefetches the entity's
+header lines and the cells of its current buckets, because on a large stream nearly every row's state
+is a cache miss. The kernel indexes ``state[e, j]`` (no per-row views) and has a second copy of its
+loop compiled for the usual single channel, where the 128-bit updates unroll. Memory per entity and
+key: ``8 * (rings + 3 + (windows + cells) * (1 + 2 * channels))`` bytes, rounded up to 64: 3,264 bytes
+for the default payment keys (1 h in 1-minute buckets, 24 h in hours, 7 and 30 days in days, one
+amount channel).
 """
 
 from __future__ import annotations
