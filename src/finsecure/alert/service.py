@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, case, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -15,7 +15,7 @@ from finsecure.alert.models import Alert, AlertStatus
 from finsecure.alert.schemas import AlertSort, AlertUpdate
 from finsecure.audit import service as audit_service
 from finsecure.audit.service import Actor
-from finsecure.core.database import utcnow
+from finsecure.core.database import fetch_page, utcnow
 from finsecure.core.enums import Severity
 from finsecure.core.errors import Conflict
 
@@ -187,7 +187,6 @@ def get_all(
         query = query.where(Alert.entity_id == entity_id)
     if domain is not None:
         query = query.where(Alert.domain == domain)
-    total = db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
     column: Any = {
         "last_seen": Alert.last_seen,
         "first_seen": Alert.first_seen,
@@ -195,8 +194,7 @@ def get_all(
         "count": Alert.count,
     }[sort.lstrip("-")]
     order = column.desc() if sort.startswith("-") else column.asc()
-    rows = db_session.scalars(query.order_by(order, Alert.id.desc()).offset(offset).limit(limit)).all()
-    return list(rows), total
+    return fetch_page(db_session, query, order_by=[order, Alert.id.desc()], offset=offset, limit=limit)
 
 
 #: Which status an alert may move to from each status.

@@ -7,10 +7,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from finsecure.audit.models import AuditEntry
+from finsecure.core.database import fetch_page
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +78,7 @@ def get_all(
         query = query.where(AuditEntry.ts >= since)
     if until is not None:
         query = query.where(AuditEntry.ts < until)
-    total = db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = db_session.scalars(query.order_by(AuditEntry.id.desc()).offset(offset).limit(limit)).all()
-    return list(rows), total
+    return fetch_page(db_session, query, order_by=[AuditEntry.id.desc()], offset=offset, limit=limit)
 
 
 def _as_utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, DateTime, Engine, Integer, MetaData, create_engine, event, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    Select,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+T = TypeVar("T")
 
 #: Constraint names are stable so that migrations can refer to them on every backend.
 NAMING_CONVENTION: dict[str, str] = {
@@ -130,6 +145,15 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def fetch_page(
+    db_session: Session, query: Select[T], *, order_by: Sequence[Any], offset: int, limit: int
+) -> tuple[list[T], int]:
+    """One page of ``query`` in ``order_by`` order, and how many rows match in all."""
+    total = db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = db_session.scalars(query.order_by(*order_by).offset(offset).limit(limit)).all()
+    return list(rows), total
 
 
 def ping(engine: Engine) -> None:

@@ -12,7 +12,7 @@ from finsecure.audit import service as audit_service
 from finsecure.audit.models import AuditEntry
 from finsecure.audit.service import Actor
 from finsecure.auth.models import User
-from finsecure.core.database import utcnow
+from finsecure.core.database import fetch_page, utcnow
 from finsecure.core.enums import Severity
 from finsecure.core.errors import Conflict, Unprocessable
 from finsecure.incident.models import Incident, IncidentAlert, IncidentStatus
@@ -67,15 +67,13 @@ def get_all(
     if domain is not None:
         # domains is a short JSON list; matching its text works on both backends without a JSON operator
         query = query.where(func.lower(Incident.domains.cast(Text())).contains(f'"{domain.lower()}"'))
-    total = db_session.scalar(select(func.count()).select_from(query.subquery())) or 0
     column: Any = {
         "last_seen": Incident.last_seen,
         "created_at": Incident.created_at,
         "risk": Incident.risk,
     }[sort.lstrip("-")]
     order = column.desc() if sort.startswith("-") else column.asc()
-    rows = db_session.scalars(query.order_by(order, Incident.id.desc()).offset(offset).limit(limit)).all()
-    return list(rows), total
+    return fetch_page(db_session, query, order_by=[order, Incident.id.desc()], offset=offset, limit=limit)
 
 
 def alerts_of(*, db_session: Session, incident_id: int) -> list[Alert]:
