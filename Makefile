@@ -24,7 +24,7 @@ $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 	@touch $@
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,train]'
 	@touch $@ $(RUNTIME_STAMP)
 
 run: $(RUNTIME_STAMP) ## Install, migrate, create the first admin and serve on http://127.0.0.1:8000
