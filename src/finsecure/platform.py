@@ -87,6 +87,8 @@ class Platform:
     steps: Sequence[Step] | None = None
     extra_sinks: Sequence[Sink] = ()
     demo_source: DemoSourceFactory | None = simulator_demo_source
+    hit_observers: Sequence[Callable[[pl.DataFrame], None]] = ()
+    """Also receive every batch's rule hits, after the alert sink (evaluation, metrics)."""
     lake: LakeWriter = field(init=False)
     pipeline: Pipeline = field(init=False)
     dead_letters: DeadLetterSink = field(init=False)
@@ -107,13 +109,18 @@ class Platform:
             *self.extra_sinks,
         ]
         self.pipeline = Pipeline(
-            list(self.steps) if self.steps is not None else default_steps(on_hits=self.alerts),
+            list(self.steps) if self.steps is not None else default_steps(on_hits=self._on_hits),
             sinks,
             max_rows=s.pipeline_max_rows,
             max_age_s=s.pipeline_max_age_ms / 1000.0,
             queue_chunks=s.pipeline_queue_chunks,
             dead_letter_sink=self._write_dead_letters,
         )
+
+    def _on_hits(self, hits: pl.DataFrame) -> None:
+        self.alerts(hits)
+        for observe in self.hit_observers:
+            observe(hits)
 
     def _write_dead_letters(self, table: pa.Table) -> None:
         self.dead_letters.write(table)
