@@ -28,6 +28,7 @@ import polars as pl
 import yaml
 
 from finsecure.detection.conditions import ConditionError, compile_condition, condition_fields
+from finsecure.detection.sequence import SequenceSpec
 from finsecure.event.schemas import Domain
 
 __all__ = [
@@ -51,6 +52,9 @@ STATUSES: tuple[str, ...] = ("stable", "test", "experimental")
 _ATTACK_ID = re.compile(r"^T\d{4}(\.\d{3})?$")
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3_600, "d": 86_400}
+SEQUENCE_PLACEHOLDERS: frozenset[str] = frozenset({"elapsed_min", "first_time"})
+"""Values a sequence rule's explain template may use beyond its last event's columns: minutes from the
+first step to the last, and the time (HH:MM UTC) of the first step."""
 Severity = Literal["low", "medium", "high", "critical"]
 
 
@@ -153,6 +157,7 @@ class Rule:
     typology: str | None = None
     threshold: ThresholdSpec | None = None
     model: ModelSpec | None = None
+    sequence: SequenceSpec | None = None
     samples_positive: tuple[Mapping[str, Any], ...] = ()
     samples_negative: tuple[Mapping[str, Any], ...] = ()
     origin: str = "finsecure"
@@ -168,7 +173,36 @@ class Rule:
                 names.add(self.threshold.field)
         if self.model is not None:
             names.add(self.model.score)
+        if self.sequence is not None:
+            names -= SEQUENCE_PLACEHOLDERS
+            for step in self.sequence.steps:
+                if step.domain == self.domain:
+                    names |= step.columns
         return tuple(sorted(names - {"value"}))
+
+    def step_fields(self, domain: Domain) -> tuple[str, ...]:
+        """Every column the rule reads from events of ``domain`` (a sequence rule reads several domains).
+
+        >>> rule = Rule.from_dict({
+        ...     "id": "6d3f3b0e-7a51-4c36-9a43-3f0a1d2e9b11", "title": "t", "description": "d",
+        ...     "severity": "low", "domain": "payment", "kind": "sequence", "typology": "test",
+        ...     "triage": "t", "status": "test", "explain": "{amount} after {elapsed_min} min",
+        ...     "entity": "user_id", "sequence": {"window": "1h", "steps": [
+        ...         {"domain": "auth", "condition": {"field": "action", "equals": "payee_add"}},
+        ...         {"domain": "payment", "condition": {"field": "amount", "gt": 1000}}]},
+        ... })
+        >>> rule.step_fields(Domain.auth), rule.step_fields(Domain.payment)
+        (('action', 'user_id'), ('amount', 'user_id'))
+        """
+        if self.sequence is None:
+            return self.fields() if domain == self.domain else ()
+        names: set[str] = set()
+        for step in self.sequence.steps:
+            if step.domain == domain:
+                names |= step.columns
+        if domain == self.domain:
+            names |= set(self.fields())
+        return tuple(sorted(names))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], location: str = "<rule>") -> Rule:
@@ -190,7 +224,7 @@ class Rule:
             raise ConditionError("", "a rule file must hold one mapping")
         known = {
             "id", "title", "description", "severity", "domain", "kind", "attack", "typology", "triage",
-            "status", "explain", "entity", "condition", "threshold", "model", "samples", "tags", "steps",
+            "status", "explain", "entity", "condition", "threshold", "model", "samples", "tags", "sequence",
         }  # fmt: skip
         unknown = sorted(set(data) - known)
         if unknown:
@@ -217,8 +251,6 @@ class Rule:
         severity = choice("severity", SEVERITIES)
         domain = Domain(choice("domain", [d.value for d in Domain]))
         kind = choice("kind", KINDS)
-        if kind == "sequence":
-            raise ConditionError("kind", "sequence rules are not supported yet")
         status = choice("status", STATUSES)
         attack = tuple(data.get("attack") or ())
         for index, technique in enumerate(attack):
@@ -245,6 +277,17 @@ class Rule:
             raise ConditionError("condition", "a match rule needs a condition")
         threshold = ThresholdSpec.from_dict(data.get("threshold")) if kind == "threshold" else None
         model = ModelSpec.from_dict(data.get("model")) if kind == "model" else None
+        sequence = None
+        if kind == "sequence":
+            if "condition" in data:
+                raise ConditionError("condition", "a sequence rule puts its conditions in its steps")
+            sequence = SequenceSpec.from_dict(data.get("sequence"), default_by=text("entity"))
+            if sequence.steps[-1].domain != domain:
+                raise ConditionError(
+                    "sequence.steps", f"the last step must be in the rule's domain ({domain.value})"
+                )
+        elif "sequence" in data:
+            raise ConditionError("sequence", "only a sequence rule has steps")
         samples = data.get("samples") or {}
         if not isinstance(samples, Mapping) or set(samples) - {"positive", "negative"}:
             raise ConditionError("samples", "must be a mapping with 'positive' and 'negative' lists")
@@ -271,6 +314,7 @@ class Rule:
             typology=typology,
             threshold=threshold,
             model=model,
+            sequence=sequence,
             samples_positive=positive,
             samples_negative=negative,
             path=location,
@@ -290,6 +334,20 @@ class Rule:
         """
         from finsecure.detection.frames import domain_schema
 
+        if self.sequence is not None:
+            for index, step in enumerate(self.sequence.steps):
+                step_schema = domain_schema(step.domain)
+                for name in sorted(step.columns):
+                    if name not in step_schema:
+                        message = f"{name!r} is not a column of {step.domain.value} events"
+                        raise ConditionError(f"sequence.steps[{index}]", message)
+                try:
+                    pl.DataFrame(schema=step_schema).select(step.expr)
+                except pl.exceptions.PolarsError as exc:
+                    first = str(exc).splitlines()[0]
+                    raise ConditionError(
+                        f"sequence.steps[{index}].condition", f"does not fit the column types: {first}"
+                    ) from None
         schema = dict(domain_schema(self.domain))
         if self.model is not None:
             schema.setdefault(self.model.score, pl.Float64())
