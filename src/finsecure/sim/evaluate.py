@@ -134,6 +134,8 @@ class AlertRecord:
     incident_id: int | None
     joined_at: float | None
     """Wall-clock epoch seconds when the alert joined its incident."""
+    rule_id: str = ""
+    title: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +246,8 @@ class SimEvaluation:
     alerts: int
     wall_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per rule: alerts, how many touch an attack event, and that share (for tuning noisy rules)."""
 
     @property
     def background_events(self) -> int:
@@ -319,6 +323,7 @@ class SimEvaluation:
                 ),
                 "alerts": self.alerts,
             },
+            "rules": self.rules,
             "splits": {"bank_day": {"rules": domains}},
         }
 
@@ -336,7 +341,9 @@ def _alert_records(session_factory: Any) -> tuple[list[AlertRecord], dict[int, i
         incident_of: dict[int, tuple[int, dt.datetime]] = {}
         for alert_id, incident_id, added_at in links:
             incident_of[alert_id] = (incident_id, added_at)
-        rows = session.execute(select(Alert.id, Alert.domain, Alert.event_ids)).all()
+        rows = session.execute(
+            select(Alert.id, Alert.domain, Alert.event_ids, Alert.rule_id, Alert.title)
+        ).all()
 
     def root(incident_id: int) -> int:
         seen = set()
@@ -347,13 +354,17 @@ def _alert_records(session_factory: Any) -> tuple[list[AlertRecord], dict[int, i
 
     records = []
     sizes: dict[int, int] = defaultdict(int)
-    for alert_id, domain, event_ids in rows:
+    for alert_id, domain, event_ids, rule_id, title in rows:
         link = incident_of.get(alert_id)
         incident = root(link[0]) if link else None
         joined = link[1].timestamp() if link else None
         if incident is not None:
             sizes[incident] += 1
-        records.append(AlertRecord(alert_id, domain, tuple(map(str, event_ids or ())), incident, joined))
+        records.append(
+            AlertRecord(
+                alert_id, domain, tuple(map(str, event_ids or ())), incident, joined, rule_id or "", title
+            )
+        )
     roots = {root(i) for i in merged}
     return records, sizes, len(roots)
 
@@ -435,11 +446,26 @@ def evaluate_simulated(
         alerts=len(records),
         wall_s=wall_s,
         extra={"storm_capped_hits": dropped},
+        rules=_rule_table(records, campaign_events),
     )
     report = evaluation.report()
     if out is not None:
         write_report(out, report)
     return report
+
+
+def _rule_table(records: Iterable[AlertRecord], campaign_events: set[str]) -> dict[str, dict[str, Any]]:
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    titles: dict[str, str] = {}
+    for alert in records:
+        titles.setdefault(alert.rule_id, alert.title)
+        row = counts[alert.rule_id]
+        row[0] += 1
+        row[1] += bool(campaign_events.intersection(alert.event_ids))
+    return {
+        rule_id: {"title": titles[rule_id], "alerts": n, "on_attack_events": k, "precision": round(k / n, 4)}
+        for rule_id, (n, k) in sorted(counts.items(), key=lambda item: item[1][1] / item[1][0])
+    }
 
 
 def write_report(out: Path, report: Mapping[str, Any]) -> None:
@@ -483,6 +509,19 @@ def markdown_summary(report: Mapping[str, Any]) -> str:
             f"| {domain} | {row['n']:,} | {row['positives']:,} | {row['flagged']:,} | "
             f"{_pct(row['precision'])} | {_pct(row['recall'])} |"
         )
+    noisy = sorted(report.get("rules", {}).values(), key=lambda r: r["on_attack_events"] - r["alerts"])[:10]
+    if noisy:
+        lines += [
+            "",
+            "Rules with the most alerts on ordinary activity:",
+            "",
+            "| Rule | Alerts | On attack events | Share |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {r['title']} | {r['alerts']} | {r['on_attack_events']} | {_pct(r['precision'])} |"
+            for r in noisy
+        ]
     return "\n".join(lines) + "\n"
 
 
