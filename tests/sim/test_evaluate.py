@@ -27,7 +27,9 @@ def test_score_campaigns__one_incident_with_every_domain_is_complete() -> None:
 
     [outcome] = score_campaigns([_campaign()], alerts, arrived)
 
-    assert outcome.complete and outcome.detected and outcome.single_incident
+    assert outcome.complete
+    assert outcome.detected
+    assert outcome.single_incident
     assert outcome.time_to_detect_s == pytest.approx(0.75)  # the payment alert completed it
 
 
@@ -36,8 +38,11 @@ def test_score_campaigns__split_across_two_incidents_is_not_complete() -> None:
 
     [outcome] = score_campaigns([_campaign()], alerts, {})
 
-    assert outcome.detected and not outcome.single_incident and not outcome.complete
-    assert outcome.incidents == (9, 10) and outcome.time_to_detect_s is None
+    assert outcome.detected
+    assert not outcome.single_incident
+    assert not outcome.complete
+    assert outcome.incidents == (9, 10)
+    assert outcome.time_to_detect_s is None
 
 
 def test_score_campaigns__a_domain_without_alerts_is_not_complete() -> None:
@@ -45,7 +50,8 @@ def test_score_campaigns__a_domain_without_alerts_is_not_complete() -> None:
 
     [outcome] = score_campaigns([_campaign()], alerts, {"c1-e0": 0.5})
 
-    assert outcome.single_incident and not outcome.complete
+    assert outcome.single_incident
+    assert not outcome.complete
     assert outcome.alert_domains == ("auth",)
 
 
@@ -54,7 +60,8 @@ def test_score_campaigns__alerts_on_other_events_do_not_count() -> None:
 
     [outcome] = score_campaigns([_campaign()], alerts, {})
 
-    assert not outcome.detected and outcome.incidents == ()
+    assert not outcome.detected
+    assert outcome.incidents == ()
 
 
 def test_percentile__interpolates_between_ranks() -> None:
@@ -70,7 +77,8 @@ def test_evaluate_simulated__reports_every_campaign_and_domain(tmp_path: Path) -
 
     assert json.loads(out.read_text()) == report
     assert out.with_suffix(".md").read_text().startswith("# Evaluation on the simulated bank day")
-    assert report["dataset"] == "simulated" and report["run"]["seed"] == 3
+    assert report["dataset"] == "simulated"
+    assert report["run"]["seed"] == 3
     campaigns = report["campaigns"]
     assert campaigns["n"] == sum(row["n"] for row in campaigns["by_type"].values()) > 0
     domains = report["splits"]["bank_day"]["rules"]
