@@ -96,9 +96,12 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    # IMMEDIATE: take the write lock when the transaction starts. A deferred transaction that reads, then
+    # writes after another connection committed (the pipeline commits many times a second) fails at once
+    # with SQLITE_BUSY_SNAPSHOT, which busy_timeout does not wait out; an immediate one waits its turn.
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
