@@ -208,7 +208,11 @@ def authenticate(
                 headers={"Retry-After": str(retry)},
             )
     user = get_by_username(db_session=db_session, username=username)
-    ok = passwords.verify(user.password_hash if user else None, password)
+    password_hash = user.password_hash if user else None
+    # End the read before the slow hash check: on SQLite a read transaction cannot turn into a write
+    # once another connection (the live pipeline) has committed meanwhile ("database is locked").
+    db_session.commit()
+    ok = passwords.verify(password_hash, password)
     if user is None or not ok or user.disabled:
         limiter.hit(user_key, window)
         limiter.hit(ip_key, window)

@@ -83,9 +83,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: JSONType, list[Any]: JSONType}
 
 
-_WRITE_SESSION_OPTION = "finsecure_write_session"
-
-
 def _configure_sqlite(engine: Engine) -> None:
     # pysqlite opens transactions lazily and never for DDL or SAVEPOINT; take control so that
     # transactions (and nested ones in tests) behave as on PostgreSQL.
@@ -99,15 +96,12 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    # Sessions of `make_session_factory` begin IMMEDIATE (they take the write lock up front): a deferred
-    # transaction that reads, then writes after another connection committed (the pipeline commits many
-    # times a second) fails at once with SQLITE_BUSY_SNAPSHOT, which busy_timeout does not wait out; an
-    # immediate one waits its turn. Plain connections (health pings, read-only counts) stay deferred so
-    # that reads never queue behind writers.
+    # Deferred, as on PostgreSQL: reads never queue behind the pipeline's writes. A request that reads and
+    # then writes should end its read before any slow work (see auth.service.authenticate), because SQLite
+    # refuses to upgrade a read snapshot another connection has committed past (SQLITE_BUSY_SNAPSHOT).
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        immediate = connection.get_execution_options().get(_WRITE_SESSION_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        connection.exec_driver_sql("BEGIN")
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
@@ -138,14 +132,8 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """A session factory whose objects stay readable after commit (on SQLite its transactions begin
-    IMMEDIATE, see ``_configure_sqlite``)."""
-    bind = (
-        engine.execution_options(**{_WRITE_SESSION_OPTION: True})
-        if engine.dialect.name == "sqlite"
-        else engine
-    )
-    return sessionmaker(bind=bind, expire_on_commit=False, autoflush=False)
+    """A session factory whose objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
 
 
 @contextmanager
