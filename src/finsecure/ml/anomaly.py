@@ -22,6 +22,7 @@ from finsecure.ml.onnx_trees import Tree, tree_ensemble_onnx
 __all__ = ["HalfSpaceTreesModel", "IsolationForestModel", "calibration"]
 
 _LOG99 = math.log(99.0)
+_CHUNK = 65_536
 
 
 def calibration(normality: np.ndarray, *, quantile: float = 0.01) -> tuple[float, float]:
@@ -285,16 +286,19 @@ class HalfSpaceTreesModel:
         return paths
 
     def _mass(self, Xi: FloatArray) -> np.ndarray:
-        paths = self._paths(Xi)
         total = 2 ** (self.height + 1) - 1
         mass = np.zeros((self.n_trees, total), dtype=np.float64)
-        for t in range(self.n_trees):
-            mass[t] = np.bincount(paths[t].ravel(), minlength=total)
+        for start in range(0, len(Xi), _CHUNK):
+            paths = self._paths(Xi[start : start + _CHUNK])
+            for t in range(self.n_trees):
+                mass[t] += np.bincount(paths[t].ravel(), minlength=total)
         return mass / max(len(Xi), 1)
 
     def _normality(self, Xi: FloatArray) -> np.ndarray:
         if self.ref_mass_ is None:
             raise ModelError("the half-space trees are not fitted")
+        if len(Xi) > _CHUNK:  # bounded memory: the paths of a chunk take trees x levels x rows integers
+            return np.concatenate([self._normality(Xi[i : i + _CHUNK]) for i in range(0, len(Xi), _CHUNK)])
         paths = self._paths(Xi)
         out = np.zeros(len(Xi), dtype=np.float64)
         for t in range(self.n_trees):

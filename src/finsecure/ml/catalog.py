@@ -12,6 +12,7 @@ from typing import Any
 
 from finsecure.ml.anomaly import HalfSpaceTreesModel, IsolationForestModel
 from finsecure.ml.contract import Model
+from finsecure.ml.deep import CNNModel, LSTMModel, TransformerModel
 from finsecure.ml.gbdt import GbdtModel
 
 __all__ = ["MODELS", "ModelSpec", "get_spec"]
@@ -49,6 +50,17 @@ MODELS: list[ModelSpec] = [
     ModelSpec("gbdt", GbdtModel, small_params={"n_estimators": 20, "num_leaves": 15}),
     ModelSpec("iforest", IsolationForestModel, supervised=False, small_params={"n_estimators": 20}),
     ModelSpec("hst", HalfSpaceTreesModel, supervised=False, small_params={"n_trees": 10, "window_size": 50}),
+    # The deep tier: the CNN reads one record (a network flow), LSTM and Transformer an entity's history.
+    ModelSpec("cnn", CNNModel, small_params={"epochs": 3, "batch_size": 128, "threads": 1}),
+    ModelSpec(
+        "lstm", LSTMModel, rank=3, small_params={"epochs": 3, "batch_size": 128, "threads": 1, "hidden": 16}
+    ),
+    ModelSpec(
+        "transformer",
+        TransformerModel,
+        rank=3,
+        small_params={"epochs": 3, "batch_size": 128, "threads": 1, "d_model": 16, "heads": 2, "ff": 32},
+    ),
 ]
 """The registered model kinds; the deep tier appends CNN, LSTM and Transformer."""
 

@@ -1,0 +1,97 @@
+"""``finsecure models`` and ``finsecure evaluate`` in-process, on a fresh SQLite database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from finsecure.cli import app
+from finsecure.core import migrate
+from finsecure.core.database import create_db_engine, make_session_factory
+from finsecure.core.settings import get_settings
+from finsecure.lake.writer import LakeWriter
+from finsecure.ml import registry
+from finsecure.ml.bootstrap import register_tier
+from finsecure.ml.train import FittedTier
+from tests.conftest import TEST_JWT_SECRET
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def registered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tier: FittedTier, payments: tuple[pl.DataFrame, ...]
+) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("FINSECURE_ENV", "test")
+    monkeypatch.setenv("FINSECURE_JWT_SECRET", TEST_JWT_SECRET)
+    monkeypatch.setenv("FINSECURE_DATABASE_URL", url)
+    monkeypatch.setenv("FINSECURE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FINSECURE_DATASETS", str(tmp_path / "no-datasets"))
+    get_settings.cache_clear()
+    engine = create_db_engine(url)
+    migrate.upgrade(engine)
+    with make_session_factory(engine)() as session, session.begin():
+        for _ in range(2):
+            register_tier(
+                db_session=session,
+                data_dir=tmp_path,
+                tier=tier,
+                validation=payments[1],
+                dataset="t",
+                promote=False,
+            )
+    yield url
+    engine.dispose()
+    get_settings.cache_clear()
+
+
+def _production(url: str) -> dict[str, int]:
+    engine = create_db_engine(url)
+    try:
+        with make_session_factory(engine)() as session:
+            return {r.name: r.version for r in registry.production(db_session=session)}
+    finally:
+        engine.dispose()
+
+
+def test_models_cli__list_promote_rollback(registered: str) -> None:
+    listed = runner.invoke(app, ["models", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "payment_gbdt" in listed.output
+    assert "candidate" in listed.output
+    for version in ("1", "2"):
+        result = runner.invoke(app, ["models", "promote", "payment_gbdt", version])
+        assert result.exit_code == 0, result.output
+    assert _production(registered) == {"payment_gbdt": 2}
+    result = runner.invoke(app, ["models", "rollback", "payment_gbdt"])
+    assert result.exit_code == 0, result.output
+    assert "rolled back to v1" in result.output
+    assert _production(registered) == {"payment_gbdt": 1}
+
+
+def test_models_cli__unknown_model_fails(registered: str) -> None:
+    result = runner.invoke(app, ["models", "promote", "payment_nothing", "1"])
+    assert result.exit_code == 1
+    assert "no model" in result.output
+
+
+def test_evaluate_cli__refuses_unknown_datasets_and_says_where_data_is_missing(registered: str) -> None:
+    assert runner.invoke(app, ["evaluate", "--dataset", "mnist"]).exit_code == 2
+    result = runner.invoke(app, ["evaluate", "--dataset", "sparkov"])
+    assert result.exit_code == 1
+    assert "FINSECURE_DATASETS" in result.output
+
+
+def test_train_cli__fits_on_the_lake_with_its_labels(
+    registered: str, payments: tuple[pl.DataFrame, ...]
+) -> None:
+    with LakeWriter(get_settings().lake_dir) as writer:
+        writer.write("payment", payments[0])
+    result = runner.invoke(app, ["train", "--dataset", "lake", "--domain", "payment", "--model", "gbdt"])
+    assert result.exit_code == 0, result.output
+    assert "registered payment_gbdt v3" in result.output
