@@ -49,7 +49,9 @@ def test_list_incidents__filters_and_sorts(
     assert incident_id in [i["id"] for i in body["items"]]
     risks = [i["risk"] for i in body["items"]]
     assert risks == sorted(risks, reverse=True)
-    body = client.get("/api/incidents", params={"status": "closed", "domain": "auth"}, headers=headers).json()
+    body = client.get(
+        "/api/incidents", params={"status": "resolved", "domain": "auth"}, headers=headers
+    ).json()
     assert incident_id not in [i["id"] for i in body["items"]]
 
 
@@ -61,10 +63,10 @@ def test_update_incident__workflow_assign_and_audit(
     analyst = make_user(Role.analyst)
     url = f"/api/incidents/{incident_id}"
 
-    response = client.patch(url, json={"status": "investigating", "assignee_id": analyst.id}, headers=headers)
+    response = client.patch(url, json={"status": "triaged", "assignee_id": analyst.id}, headers=headers)
     assert response.status_code == 200, response.text
     assert response.json()["assignee_id"] == analyst.id
-    assert client.patch(url, json={"status": "contained"}, headers=headers).status_code == 200
+    assert client.patch(url, json={"status": "investigating"}, headers=headers).status_code == 200
     refused = client.patch(url, json={"status": "resolved"}, headers=headers)
     assert refused.status_code == 422
     assert refused.json()["error"]["code"] == "disposition_required"
@@ -73,7 +75,7 @@ def test_update_incident__workflow_assign_and_audit(
     ).json()
     assert done["status"] == "resolved"
     assert done["closed_at"] is not None
-    backwards = client.patch(url, json={"status": "contained"}, headers=headers)
+    backwards = client.patch(url, json={"status": "triaged"}, headers=headers)
     assert backwards.status_code == 409
     assert backwards.json()["error"]["code"] == "invalid_transition"
     changes = [e for e in done["timeline"] if e["kind"] == "change"]
@@ -89,5 +91,5 @@ def test_update_incident__bad_assignee_and_missing(
     bad = client.patch(f"/api/incidents/{incident_id}", json={"assignee_id": 2_000_000_000}, headers=headers)
     assert bad.status_code == 422
     assert bad.json()["error"]["code"] == "unknown_assignee"
-    assert client.patch("/api/incidents/999999", json={"status": "open"}, headers=headers).status_code == 404
+    assert client.patch("/api/incidents/999999", json={"status": "new"}, headers=headers).status_code == 404
     assert client.get("/api/incidents/999999", headers=headers).status_code == 404

@@ -14,11 +14,23 @@ from finsecure.core.enums import Severity, SeverityType, str_enum
 
 
 class IncidentStatus(enum.StrEnum):
-    open = "open"
+    """The workflow: new → triaged → investigating → resolved (with a :class:`Disposition`).
+
+    ``open`` and ``closed`` are aliases of ``new`` and ``resolved`` kept for code written before the
+    workflow was renamed (migration 0003 moved the stored values the same way).
+
+    >>> IncidentStatus.open is IncidentStatus.new
+    True
+    >>> [s.value for s in IncidentStatus]
+    ['new', 'triaged', 'investigating', 'resolved']
+    """
+
+    new = "new"
+    triaged = "triaged"
     investigating = "investigating"
-    contained = "contained"
     resolved = "resolved"
-    closed = "closed"
+    open = "new"  # an alias, not a member
+    closed = "resolved"  # an alias, not a member
 
 
 class Disposition(enum.StrEnum):
@@ -36,7 +48,7 @@ class Incident(Base):
     summary: Mapped[str] = mapped_column(Text, default="")
     severity: Mapped[Severity] = mapped_column(SeverityType)
     status: Mapped[IncidentStatus] = mapped_column(
-        str_enum(IncidentStatus, "incident_status"), default=IncidentStatus.open, index=True
+        str_enum(IncidentStatus, "incident_status"), default=IncidentStatus.new, index=True
     )
     disposition: Mapped[Disposition | None] = mapped_column(str_enum(Disposition, "disposition"))
     risk: Mapped[float] = mapped_column(Float, default=0.0)
@@ -62,3 +74,16 @@ class IncidentAlert(Base):
         ForeignKey("alerts.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class IncidentNote(Base):
+    """An analyst's note on an incident (append-only: notes are evidence)."""
+
+    __tablename__ = "incident_notes"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id", ondelete="CASCADE"), index=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    author: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
