@@ -1,0 +1,1 @@
+"""Operations: metrics, request ids, shared state for several processes."""
