@@ -32,7 +32,9 @@ def _run(fields: dict[str, Any], raw: dict[str, list[Any]] | pl.DataFrame, **ext
     data: dict[str, Any] = {"name": "t", "read": {"format": "ndjson"}, "domain": "payment", "fields": fields}
     data.update(extra)
     frame = raw if isinstance(raw, pl.DataFrame) else pl.DataFrame(raw)
-    return Normaliser(Mapping.from_dict(data), "unit").normalise(frame, first_offset=100)
+    # conversion tests: no plausibility window for ts (tests/security covers it)
+    normaliser = Normaliser(Mapping.from_dict(data), "unit", earliest=None, max_future=None)
+    return normaliser.normalise(frame, first_offset=100)
 
 
 TS = {"column": "t", "timestamp": {"unit": "s"}}

@@ -6,28 +6,43 @@ Rows already covered elsewhere are referenced from docs/security.md rather than 
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
 import gzip
+import io
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
+from typer.testing import CliRunner
 
 from finsecure.api import build_context, create_app
 from finsecure.audit.service import Actor
 from finsecure.auth import service as auth_service
 from finsecure.auth.models import Role
 from finsecure.auth.schemas import ApiKeyCreate, Scope, UserCreate
+from finsecure.cli import app as cli_app
 from finsecure.core import migrate
 from finsecure.core.database import create_db_engine
+from finsecure.core.settings import get_settings
+from finsecure.event.schemas import Domain
+from finsecure.ingest.normalise import Normaliser
+from finsecure.ingest.readers import parse_records, read_ndjson
+from finsecure.ingest.sources import canonical_mapping
+from finsecure.lake.writer import LakeWriter
 from finsecure.platform import Platform
-from tests.conftest import TEST_PASSWORD, make_settings
+from tests.conftest import TEST_JWT_SECRET, TEST_PASSWORD, make_settings
+
+runner = CliRunner()
 
 JSON = {"Content-Type": "application/json"}
+FAR_AHEAD = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat()
 DEEP = 100_000
 INJECTIONS = [
     "' OR '1'='1' --",
@@ -238,13 +253,49 @@ def test_ingest__unreadable_timestamps_are_rejected(live: Live, ts: object) -> N
     assert "ts" in error["details"][0]["reason"]
 
 
-@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "1677-09-21T00:00:00Z"])
-def test_ingest__far_timestamps_never_fail_the_server(live: Live, ts: str) -> None:
-    # Accepted today (no plausibility window in the canonical schema yet: see docs/security.md).
-    response = live.ingest(json.dumps(payment(f"far-{ts[:4]}", ts=ts)).encode())
-    assert response.status_code in (200, 422), response.text
+@pytest.mark.parametrize(
+    ("ts", "problem"),
+    [
+        ("0001-01-01T00:00:00Z", "before 1970-01-01"),
+        ("1677-09-21T00:00:00Z", "before 1970-01-01"),
+        ("1969-12-31T23:59:59Z", "before 1970-01-01"),
+        ("9999-12-31T23:59:59Z", "ahead of this server's clock"),
+        (FAR_AHEAD, "ahead of this server's clock"),
+    ],
+    ids=["year-1", "year-1677", "1969", "year-9999", "in-2-days"],
+)
+def test_ingest__implausible_timestamps_are_rejected(live: Live, ts: str, problem: str) -> None:
+    good = json.dumps(payment("ts-now", ts=dt.datetime.now(dt.UTC).isoformat())).encode()
+    response = live.ingest(good + b"\n" + json.dumps(payment(f"far-{ts[:4]}", ts=ts)).encode())
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == 1
+    [reject] = response.json()["rejects"]
+    assert reject["offset"] == 1
+    assert reject["reason"].startswith("ts: "), reject
+    assert problem in reject["reason"], reject
     live.flush()
     assert live.client.get("/api/health").status_code == 200
+
+
+def test_normalise__time_window_follows_the_clock() -> None:
+    normaliser = Normaliser(
+        canonical_mapping("ndjson"),
+        "clock-test",
+        clock=lambda: dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+        max_future=dt.timedelta(hours=1),
+    )
+    times = ["2030-01-01T00:59:00Z", "2030-01-01T01:01:00Z", "1970-01-01T00:00:00Z"]
+    body = "".join(
+        json.dumps(payment(i, ts=ts, domain="payment")) + "\n" for i, ts in zip("abc", times, strict=True)
+    )
+    raw, _ = parse_records(body.encode(), fields=canonical_mapping("ndjson").read.fields)
+    result = normaliser.normalise(raw)
+    assert result.frames[Domain.payment]["event_id"].to_list() == ["a", "c"]
+    assert result.rejects.column("reason").to_pylist() == [
+        "ts: more than 1 hour ahead of this server's clock (a feed or clock error?)"
+    ]
+    unbounded = Normaliser(canonical_mapping("ndjson"), "clock-test", max_future=None)
+    assert unbounded.normalise(raw).frames[Domain.payment].height == 3
 
 
 @pytest.mark.parametrize(
@@ -372,3 +423,118 @@ def test_duplicate_json_keys__one_value_kept(live: Live) -> None:
         "/api/events/search", params={"domain": "payment", "text": "dup-"}, headers=live.admin
     ).json()
     assert [i["event_id"] for i in page["items"]] == ["dup-first-id"]
+
+
+# --- parsers for non-HTTP callers, long lines, exports, replay paths, the dashboard's CSP -----------------
+
+
+def test_parse_records__gzip_bomb_is_one_dead_letter() -> None:
+    bomb = gzip.compress(b" " * (8 << 20), compresslevel=9)
+    frame, rejects = parse_records(bomb, max_inflated_bytes=1 << 20)
+    assert frame.height == 0
+    assert rejects.column("reason").to_pylist() == [
+        "gzip data inflates past the 1048576 bytes allowed (a zip bomb?)"
+    ]
+    nested = gzip.compress(gzip.compress(b" " * (8 << 20)))
+    frame, rejects = parse_records(nested)
+    assert frame.height == 0
+    assert "gzip data again" in rejects.column("reason")[0].as_py()
+    frame, rejects = parse_records(gzip.compress(b'{"a": 1}\n')[:-6])
+    assert frame.height == 0
+    assert "broken gzip" in rejects.column("reason")[0].as_py()
+
+
+def test_parse_records__gzip_members_are_all_read() -> None:
+    body = gzip.compress(b'{"a": 1}\n') + gzip.compress(b'{"a": 2}\n')
+    frame, rejects = parse_records(body, max_inflated_bytes=64)
+    assert frame["a"].to_list() == [1, 2]
+    assert rejects.num_rows == 0
+
+
+def test_read_ndjson__50_mb_line_is_one_dead_letter(tmp_path: Path) -> None:
+    path = tmp_path / "long.ndjson"
+    with path.open("wb") as handle:
+        handle.write(b'{"a": 1}\n{"a": "')
+        handle.write(b"x" * (50 << 20))
+        handle.write(b'"}\n{"a": 3}\n')
+    chunks = list(read_ndjson(path, max_line_bytes=1 << 20))
+    kept = pl.concat([chunk.frame for chunk in chunks if chunk.frame.height])
+    assert kept["a"].cast(pl.String).to_list() == ["1", "3"]
+    reasons = [r for c in chunks if c.rejects is not None for r in c.rejects.column("reason").to_pylist()]
+    assert reasons == ["line is 52,428,809 bytes, over the limit of 1,048,576"]
+    # and the same line in one in-memory body
+    frame, rejects = parse_records(path.read_bytes(), max_line_bytes=1 << 20)
+    assert frame["a"].cast(pl.String).to_list() == ["1", "3"]
+    assert rejects.column("offset").to_pylist() == [1]
+
+
+@pytest.fixture
+def replay_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Settings for the command line: a data directory and a SQLite file under ``tmp_path``."""
+    data = tmp_path / "data"
+    monkeypatch.setenv("FINSECURE_ENV", "test")
+    monkeypatch.setenv("FINSECURE_JWT_SECRET", TEST_JWT_SECRET)
+    monkeypatch.setenv("FINSECURE_DATA_DIR", str(data))
+    monkeypatch.setenv("FINSECURE_DATABASE_URL", f"sqlite:///{tmp_path / 'replay.db'}")
+    monkeypatch.setenv("FINSECURE_DEMO_STREAM", "false")
+    get_settings.cache_clear()
+    yield data
+    get_settings.cache_clear()
+
+
+def test_query_csv__formula_injection_is_neutralised(replay_env: Path) -> None:
+    hostile = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "plain"]
+    frame = pl.DataFrame(
+        {
+            "event_id": [f"csv-{i}" for i in range(len(hostile))],
+            "ts": [dt.datetime(2024, 5, 1, tzinfo=dt.UTC)] * len(hostile),
+            "merchant_id": hostile,
+            "amount": [-12.5] * len(hostile),
+        }
+    )
+    with LakeWriter(replay_env / "lake") as writer:
+        writer.write("payment", frame)
+    sql = "select merchant_id, amount from payment order by event_id"
+    result = runner.invoke(cli_app, ["query", sql, "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["merchant_id", "amount"]
+    assert [r[0] for r in rows[1:]] == ["'" + h for h in hostile[:-1]] + ["plain"]
+    assert {r[1] for r in rows[1:]} == {"-12.5"}  # numbers stay numbers
+
+
+def test_replay__traversal_in_event_fields_stays_in_the_lake(replay_env: Path, tmp_path: Path) -> None:
+    escape = "../../../../escaped"
+    events = [
+        payment("trav-1", domain="payment", source=escape, tenant="acme"),
+        payment("trav-2", domain="payment", merchant_id=escape, card_id="/etc/passwd"),
+        payment("trav-3", domain="../../payment"),  # not a domain: a dead letter, not a directory
+    ]
+    path = tmp_path / "..%2F..%2Fevents.ndjson"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    result = runner.invoke(cli_app, ["replay", str(path), "--format", "ndjson"])
+    assert result.exit_code == 0, result.output
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    outside = [p for p in files if replay_env not in p.parents and p.parent != tmp_path]
+    assert outside == []
+    assert not any("escaped" in p.as_posix() for p in files)
+    parquet = sorted(p.relative_to(replay_env / "lake").parts[0] for p in files if p.suffix == ".parquet")
+    assert set(parquet) == {"domain=payment", "dead_letter"}
+
+
+@pytest.mark.parametrize("target", ["directory", "device", "missing"])
+def test_replay__refuses_what_is_not_a_regular_file(replay_env: Path, tmp_path: Path, target: str) -> None:
+    path = {"directory": tmp_path, "device": Path("/dev/zero"), "missing": tmp_path / "nope.ndjson"}[target]
+    result = runner.invoke(cli_app, ["replay", str(path), "--format", "ndjson"])
+    assert result.exit_code != 0
+    assert "is not a readable file" in " ".join(result.output.split())
+
+
+def test_dashboard__csp_forbids_inline_and_foreign_scripts(live: Live) -> None:
+    for path in ("/", "/index.html", "/api/health"):
+        policy = live.client.get(path).headers["content-security-policy"]
+        directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+        scripts = directives.get("script-src", directives["default-src"])
+        assert scripts == "'self'", policy
+        assert "unsafe-eval" not in policy
+        assert directives["frame-ancestors"] == "'none'"

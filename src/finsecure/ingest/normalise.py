@@ -37,6 +37,7 @@ Example
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 import hmac
@@ -65,7 +66,15 @@ from finsecure.ingest.mapping import (
 )
 from finsecure.ingest.readers import OFFSET_COLUMN
 
-__all__ = ["DEV_HASH_KEY", "NormaliseResult", "Normaliser", "canonical_polars_schema"]
+__all__ = [
+    "DEFAULT_MAX_FUTURE",
+    "DEV_HASH_KEY",
+    "EARLIEST_TS",
+    "NormaliseResult",
+    "Normaliser",
+    "canonical_polars_schema",
+    "time_window_rules",
+]
 
 DEV_HASH_KEY = b"finsecure-development-only-token-key"
 """Key of the keyed hash when none is given. Fine for public data sets; pass a secret in production."""
@@ -82,6 +91,11 @@ _ALWAYS_SET = frozenset({"event_id", "domain", "source", "tenant"})
 """Canonical columns a normaliser fills even when the mapping does not name them."""
 _UNITS_TO_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 _TS = pl.Datetime("us", "UTC")
+EARLIEST_TS = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+"""Events dated before this are refused: no feed of this platform predates the Unix epoch, and such a
+time (year 1 or 1677, often a zero or a unit mistake) would poison day partitions and windowed features."""
+DEFAULT_MAX_FUTURE = dt.timedelta(days=1)
+"""How far ahead of this server's clock an event may be dated (clock skew between feeds, time zones)."""
 _MAX_PLANS = 64
 _MAX_CACHED_TOKENS = 1_000_000
 
@@ -242,6 +256,34 @@ class _Track:
         return after, [(before.is_not_null() & after.is_null(), fails[-1][1])]
 
 
+def time_window_rules(
+    now: dt.datetime, max_future: dt.timedelta | None, earliest: dt.datetime | None = EARLIEST_TS
+) -> tuple[RowRule, ...]:
+    """The plausibility window of ``ts``: not before ``earliest``, not more than ``max_future`` after
+    ``now`` (``None``: no bound on that side).
+
+    >>> times = [dt.datetime(1677, 9, 22), dt.datetime(2024, 5, 1), dt.datetime(9999, 1, 1)]
+    >>> frame = pl.DataFrame({"ts": times}).with_columns(pl.col("ts").dt.replace_time_zone("UTC"))
+    >>> rules = time_window_rules(dt.datetime(2024, 5, 1, tzinfo=dt.UTC), dt.timedelta(days=1))
+    >>> [frame.select(rule.exact).to_series().to_list() for rule in rules]
+    [[True, False, False], [False, False, True]]
+    >>> rules[1].reason
+    "ts: more than 24 hours ahead of this server's clock (a feed or clock error?)"
+    """
+    ts = pl.col("ts")
+    rules = []
+    if earliest is not None:
+        problem = f"before {earliest:%Y-%m-%d}, not a plausible event time"
+        rules.append(RowRule("ts", problem, (ts < earliest).fill_null(False)))
+    if max_future is not None:
+        hours = max_future.total_seconds() / 3600
+        ahead = f"{hours:g} hours" if hours != 1 else "1 hour"
+        latest = now.astimezone(dt.UTC) + max_future
+        problem = f"more than {ahead} ahead of this server's clock (a feed or clock error?)"
+        rules.append(RowRule("ts", problem, (ts > latest).fill_null(False)))
+    return tuple(rules)
+
+
 class Normaliser:
     """Applies one mapping to raw chunks of one source.
 
@@ -257,12 +299,29 @@ class Normaliser:
     hash_key
         Secret key of the keyed hash used by ``hash`` fields (card numbers). Defaults to
         :data:`DEV_HASH_KEY`, which is only fit for public data.
+    max_future
+        Events dated more than this after ``clock()`` are rejected (``None``: no upper bound).
+    earliest
+        Events dated before this are rejected (``None``: no lower bound). See :func:`time_window_rules`.
+    clock
+        The current time (tests pass a fixed one).
     """
 
     def __init__(
-        self, mapping: Mapping, source_name: str, *, tenant: str | None = None, hash_key: bytes | None = None
+        self,
+        mapping: Mapping,
+        source_name: str,
+        *,
+        tenant: str | None = None,
+        hash_key: bytes | None = None,
+        max_future: dt.timedelta | None = DEFAULT_MAX_FUTURE,
+        earliest: dt.datetime | None = EARLIEST_TS,
+        clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.mapping = mapping
+        self.max_future = max_future
+        self.earliest = earliest
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.source_name = source_name
         self.tenant = tenant
         self.hash_key = hash_key or DEV_HASH_KEY
@@ -359,12 +418,13 @@ class Normaliser:
         names = list(_POLARS_SCHEMAS[output.domain])
         fast = output.fast
         out = _values(rows, fast)
+        rules = (*output.rules, *time_window_rules(self.clock(), self.max_future, self.earliest))
         # rules of columns that are null on every row (or "missing" of columns with no null) cannot
         # flag anything: skip them, it halves the checks of sparse canonical data
         nulls = dict(zip(out.columns, out.null_count().row(0), strict=True))
         masks = [pl.col(name) for name in _fail_names(fast)]
         distinct: dict[str, pl.DataFrame] = {}
-        for rule in output.rules:
+        for rule in rules:
             if not rule.applies(nulls[rule.column], out.height):
                 continue
             if not rule.per_value:
@@ -389,7 +449,7 @@ class Normaliser:
             pl.when(pl.col(name)).then(pl.lit(problem))
             for name, problem in zip(_fail_names(exact), exact.problems, strict=True)
         ]
-        reasons.extend(pl.when(rule.exact).then(pl.lit(rule.reason)) for rule in output.rules)
+        reasons.extend(pl.when(rule.exact).then(pl.lit(rule.reason)) for rule in rules)
         joined = pl.concat_str(reasons, separator="; ", ignore_nulls=True)
         redo = redo.with_columns(pl.when(joined != "").then(joined).alias("reason"))
         rejected = redo["reason"].is_not_null()

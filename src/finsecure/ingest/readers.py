@@ -62,6 +62,8 @@ OFFSET_COLUMN = "__offset__"
 
 DEFAULT_CHUNK_ROWS = 100_000
 DEFAULT_MAX_LINE_BYTES = 1 << 20
+DEFAULT_MAX_INFLATED_BYTES = 64 << 20
+"""Most bytes :func:`parse_records` inflates a gzip body to: a small gzip bomb cannot fill memory."""
 """A JSON line longer than this (1 MiB) is rejected without being parsed."""
 
 _READ_SIZE = 8 << 20
@@ -877,11 +879,14 @@ def parse_records(
     records_path: str | None = None,
     source: str = "http",
     fields: Sequence[tuple[str, str]] = (),
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES,
 ) -> tuple[pl.DataFrame, pa.Table]:
     """Parse an in-memory body of NDJSON, a JSON array of objects, or one JSON object.
 
-    A gzip body is decompressed first. Offsets (:data:`OFFSET_COLUMN`) are line numbers for NDJSON
-    and positions in the array otherwise. Bad records become dead letters; good ones are kept.
+    A gzip body is decompressed first, to at most ``max_inflated_bytes`` (beyond it, or when the
+    inflated data is gzip again, the whole body is one dead letter: a bomb is never inflated).
+    Offsets (:data:`OFFSET_COLUMN`) are line numbers for NDJSON and positions in the array otherwise.
+    Bad records become dead letters; good ones are kept.
     ``fields`` are hints as in :func:`read_ndjson` (canonical events: ``canonical_mapping().read.fields``).
 
     Examples
@@ -893,17 +898,41 @@ def parse_records(
     ([1], ['not valid JSON: Expecting value (column 1)'])
     """
     if compression_of(body[:512]) == "gzip":
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError):
-            return _with_offsets(pl.DataFrame(), []), _rejects(
-                source, [(0, "broken gzip data", None)]
-            ) or _empty()
+        inflated, problem = _inflate_capped(body, max_inflated_bytes)
+        if inflated is None:
+            return _with_offsets(pl.DataFrame(), []), _rejects(source, [(0, problem, None)]) or _empty()
+        body = inflated
     hints = _FieldHints(fields) if fields else None
     frame, rejects = _parse_document(
         body, records_path=records_path, max_line_bytes=max_line_bytes, hints=hints
     )
     return frame, _rejects(source, rejects) or _empty()
+
+
+def _inflate_capped(body: bytes, limit: int) -> tuple[bytes | None, str]:
+    """``body`` inflated (every gzip member), or ``None`` and why not: broken, too big, or gzip again."""
+    out: list[bytes] = []
+    size = 0
+    data = body
+    try:
+        while data:
+            inflater = zlib.decompressobj(wbits=31)
+            chunk = inflater.decompress(data, limit - size + 1)
+            size += len(chunk)
+            out.append(chunk)
+            if size > limit or inflater.unconsumed_tail:
+                return None, f"gzip data inflates past the {limit} bytes allowed (a zip bomb?)"
+            if not inflater.eof:
+                return None, "broken gzip data (it ends too early)"
+            data = inflater.unused_data
+            if data and compression_of(data[:512]) != "gzip":
+                break  # trailing bytes after the last member, as gzip.decompress ignores them
+    except zlib.error:
+        return None, "broken gzip data"
+    inflated = b"".join(out)
+    if compression_of(inflated[:512]) == "gzip":
+        return None, "gzip data that holds gzip data again is not read (a zip bomb?)"
+    return inflated, ""
 
 
 def _empty() -> pa.Table:

@@ -13,6 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import Field
 
 from finsecure.auth.deps import IngestKey
+from finsecure.bus.base import BusError
 from finsecure.core.deps import Context
 from finsecure.core.errors import (
     BadRequest,
@@ -111,12 +112,15 @@ def _process(platform: Platform, domain: Domain, body: bytes, source: str, timeo
         tables.append(result.rejects)
         canonical = result.frames.get(domain)
         if canonical is not None and canonical.height:
+            # With FINSECURE_BUS_URL the events go to NATS JetStream for the workers (durable on return).
+            target = platform.bus or platform.pipeline
             try:
-                platform.pipeline.submit(
-                    domain, canonical, source=source, arrived_ns=arrived, timeout=timeout
-                )
+                target.submit(domain, canonical, source=source, arrived_ns=arrived, timeout=timeout)
             except Backpressure as exc:
                 raise Unavailable(str(exc), headers={"Retry-After": "1"}) from exc
+            except BusError as exc:
+                message = f"The event bus is not available: {exc}"
+                raise Unavailable(message, headers={"Retry-After": "5"}) from exc
             except PipelineClosed as exc:
                 raise Unavailable("The platform is shutting down; try again shortly") from exc
             accepted = canonical.height

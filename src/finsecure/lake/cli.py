@@ -42,6 +42,25 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+#: A spreadsheet reads a cell starting with one of these as a formula (CSV formula injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    """A CSV cell that a spreadsheet shows as text: text starting like a formula gets a leading ``'``.
+
+    Numbers are left alone (``-12.5`` stays a number); only text, which may come from an event, is
+    escaped, as OWASP advises.
+
+    >>> _csv_cell("=1+1"), _csv_cell("@SUM(A1)"), _csv_cell(-12.5), _csv_cell("ok")
+    ("'=1+1", "'@SUM(A1)", '-12.5', 'ok')
+    """
+    text = _text(value)
+    if isinstance(value, str) and text.startswith(_FORMULA_START):
+        return "'" + text
+    return text
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -89,8 +108,8 @@ def query_command(
         sys.stdout.write(json.dumps(records, ensure_ascii=False) + "\n")
     elif output_format is OutputFormat.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(names)
-        writer.writerows([_text(v) for v in row] for row in rows)
+        writer.writerow([_csv_cell(n) for n in names])
+        writer.writerows([_csv_cell(v) for v in row] for row in rows)
     else:
         table = Table(*names)
         for row in rows:

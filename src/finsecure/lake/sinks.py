@@ -5,7 +5,9 @@
 * :class:`ScoredEventSink` keeps only events scored at or above a threshold in the ``events`` table, for
   triage; writing the same event twice (a replay after a crash) leaves one row.
 
-Database writes are bulk: one INSERT statement per batch, never one per row.
+Database writes are bulk: one INSERT statement per batch, never one per row. Given a
+:class:`~finsecure.system.outbox.DbOutbox`, the two database sinks keep their writes while the database
+is away and write them, in order, when it is back; the lake is written either way.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from sqlalchemy.orm import Session
 from finsecure.event.models import StoredEvent
 from finsecure.ingest.deadletter import DEAD_LETTER_SCHEMA
 from finsecure.ingest.models import DeadLetter
-from finsecure.lake.writer import LakeWriter
+from finsecure.lake.writer import LakeWriteError, LakeWriter
 from finsecure.pipeline.batch import Batch, Sink
+from finsecure.system.outbox import DbOutbox
 
 logger = logging.getLogger(__name__)
 
@@ -66,18 +69,43 @@ def _clean_text(array: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array
 
 
 class LakeSink(Sink):
-    """Appends every batch to the lake through a :class:`~finsecure.lake.writer.LakeWriter`."""
+    """Appends every batch to the lake through a :class:`~finsecure.lake.writer.LakeWriter`.
+
+    When a file cannot be written (a full disk), the batch is still accepted: the writer keeps the rows
+    buffered and retries them with its next file, files already written stay intact, and the error is
+    logged once per outage and kept in :attr:`last_error` (the health check reports it). The batch is
+    not failed, which would also copy its rows into the dead letters.
+    """
 
     sink_id = "lake"
 
     def __init__(self, writer: LakeWriter) -> None:
         self.writer = writer
+        self.last_error: str | None = None
+        self.write_errors = 0
 
     def write(self, batch: Batch) -> None:
-        self.writer.write(batch.domain, batch.frame)
+        try:
+            written = self.writer.write(batch.domain, batch.frame)
+        except LakeWriteError as exc:
+            self._failed(exc)
+            return
+        if written:  # only a file on disk says the lake can write again
+            self.last_error = None
+
+    def _failed(self, exc: LakeWriteError) -> None:
+        self.write_errors += 1
+        if self.last_error is None:
+            logger.error("the lake cannot write files: %s", exc)
+        self.last_error = str(exc)
 
     def flush(self) -> None:
-        self.writer.flush()
+        try:
+            self.writer.flush()
+        except LakeWriteError as exc:
+            self._failed(exc)
+            raise
+        self.last_error = None
 
     def close(self) -> None:
         self.writer.close()
@@ -94,9 +122,14 @@ class DeadLetterSink:
 
     sink_id = "dead_letters"
 
-    def __init__(self, writer: LakeWriter, session_factory: SessionFactory) -> None:
+    def __init__(
+        self, writer: LakeWriter, session_factory: SessionFactory, *, outbox: DbOutbox | None = None
+    ) -> None:
         self.writer = writer
         self.session_factory = session_factory
+        self.outbox = outbox
+        if outbox is not None:
+            outbox.register(self.sink_id, self._insert_frame)
 
     def write(self, table: pa.Table) -> int:
         """Store the dead letters of ``table``; returns how many rows were stored.
@@ -112,11 +145,22 @@ class DeadLetterSink:
             table = table.select(DEAD_LETTER_SCHEMA.names).cast(DEAD_LETTER_SCHEMA)
         except (KeyError, pa.ArrowInvalid, ValueError) as exc:
             raise ValueError(f"not a dead-letter table ({DEAD_LETTER_SCHEMA.names}): {exc}") from None
+        if self.outbox is not None:
+            frame = pl.from_arrow(table)
+            assert isinstance(frame, pl.DataFrame)  # noqa: S101 - a Table gives a DataFrame
+            self.outbox.submit(self.sink_id, frame)
+        else:
+            self._insert(table)
+        self.writer.write_dead_letters(table)
+        return int(table.num_rows)
+
+    def _insert(self, table: pa.Table) -> None:
         rows = _dead_letter_rows(table)
         with self.session_factory() as session, session.begin():
             session.execute(insert(DeadLetter).execution_options(render_nulls=True), rows)
-        self.writer.write_dead_letters(table)
-        return int(table.num_rows)
+
+    def _insert_frame(self, frame: pl.DataFrame) -> None:
+        self._insert(frame.to_arrow().select(DEAD_LETTER_SCHEMA.names).cast(DEAD_LETTER_SCHEMA))
 
     def flush(self) -> None:
         """Write the buffered lake files now."""
@@ -149,6 +193,8 @@ class ScoredEventSink(Sink):
         Makes a database session (e.g. ``AppContext.session_factory``).
     threshold
         Minimum score kept; events without a ``score`` column or with a null or NaN score are skipped.
+    outbox
+        Keeps the inserts while the database is away (see :mod:`finsecure.system.outbox`).
 
     Notes
     -----
@@ -160,9 +206,14 @@ class ScoredEventSink(Sink):
 
     sink_id = "scored_events"
 
-    def __init__(self, session_factory: SessionFactory, threshold: float) -> None:
+    def __init__(
+        self, session_factory: SessionFactory, threshold: float, *, outbox: DbOutbox | None = None
+    ) -> None:
         self.session_factory = session_factory
         self.threshold = threshold
+        self.outbox = outbox
+        if outbox is not None:
+            outbox.register(self.sink_id, self._insert)
 
     def write(self, batch: Batch) -> None:
         self.write_frame(batch.frame)
@@ -178,6 +229,12 @@ class ScoredEventSink(Sink):
         if kept.height == 0:
             return 0
         kept = kept.unique(subset="event_id", keep="first", maintain_order=True)
+        if self.outbox is not None:
+            self.outbox.submit(self.sink_id, kept)
+            return kept.height
+        return self._insert(kept)
+
+    def _insert(self, kept: pl.DataFrame) -> int:
         rows = _event_rows(kept)
         with self.session_factory() as session, session.begin():
             dialect = session.get_bind().dialect.name

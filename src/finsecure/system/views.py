@@ -14,13 +14,14 @@ from finsecure.core import migrate
 from finsecure.core.database import ping
 from finsecure.core.deps import Context
 from finsecure.core.schemas import ApiModel
+from finsecure.lake.sinks import LakeSink
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["system"])
 
 
 class ComponentHealth(ApiModel):
-    status: Literal["ok", "outdated", "down"]
+    status: Literal["ok", "outdated", "degraded", "down"]
     detail: str | None = None
 
 
@@ -29,13 +30,16 @@ class Health(ApiModel):
     version: str
     database: ComponentHealth
     schema_revision: str | None
+    pipeline: ComponentHealth | None = None
+    """Present when this process runs the pipeline: ``degraded`` while database writes wait (the events
+    still go to the lake)."""
 
 
 @router.get(
     "/health",
     response_model=Health,
     responses={503: {"model": Health, "description": "A component is down"}},
-    summary="Is the platform up, and is its database reachable and up to date?",
+    summary="Is the platform up, is its database reachable and up to date, are its writes done?",
 )
 def health(ctx: Context) -> JSONResponse:
     try:
@@ -53,10 +57,23 @@ def health(ctx: Context) -> JSONResponse:
         logger.warning("health: database unreachable: %s", type(exc).__name__)
         revision = None
         database = ComponentHealth(status="down", detail="the database does not answer")
+    pipeline = None
+    if ctx.platform is not None:
+        outbox = ctx.platform.outbox.status()
+        # refused rows are reported in the detail (kept on disk for review) but do not fail the check
+        pipeline = ComponentHealth(status=outbox.state, detail=outbox.detail)
+        lake_errors = [s.last_error for s in ctx.platform.pipeline.sinks if isinstance(s, LakeSink)]
+        if any(lake_errors):
+            pipeline = ComponentHealth(
+                status="degraded", detail="; ".join([*filter(None, lake_errors), outbox.detail])
+            )
+    ok = database.status == "ok" and (pipeline is None or pipeline.status == "ok")
     body = Health(
-        status="ok" if database.status == "ok" else "degraded",
+        status="ok" if ok else "degraded",
         version=__version__,
         database=database,
         schema_revision=revision,
+        pipeline=pipeline,
     )
-    return JSONResponse(body.model_dump(mode="json"), status_code=200 if body.status == "ok" else 503)
+    content = body.model_dump(mode="json", exclude={"pipeline"} if pipeline is None else None)
+    return JSONResponse(content, status_code=200 if ok else 503)
