@@ -23,8 +23,8 @@ def _incidents_of(db_session: Session, rule_ids: list[str]) -> dict[int, set[str
     return out
 
 
-def _sink(db_session: Session, **kw: int) -> AlertSink:
-    return AlertSink(session_factory(db_session), correlator=Correlator(**kw))
+def _sink(db_session: Session, *, window_s: int = 6 * 3600, max_keys: int = 200_000) -> AlertSink:
+    return AlertSink(session_factory(db_session), correlator=Correlator(window_s=window_s, max_keys=max_keys))
 
 
 def test_correlator__two_alerts_sharing_a_card_make_one_incident(db_session: Session) -> None:
@@ -128,3 +128,149 @@ def test_correlator__warm_up_restores_memory(db_session: Session) -> None:
         hits_frame(hit(rule_id=r2, entity_id=card, minutes=5))
     )
     assert len(_incidents_of(db_session, [r1, r2])) == 1
+
+
+# --- promotion policy: building blocks ---------------------------------------------------------------
+
+
+def _linked_alerts(db_session: Session, rule_ids: list[str]) -> int:
+    return len(
+        db_session.execute(
+            select(IncidentAlert.alert_id)
+            .join(Alert, Alert.id == IncidentAlert.alert_id)
+            .where(Alert.rule_id.in_(rule_ids))
+        ).all()
+    )
+
+
+def test_correlator__lone_medium_alert_stays_a_building_block(db_session: Session) -> None:
+    r1 = uid("rule")
+    result = _sink(db_session).write(hits_frame(hit(rule_id=r1, entity_id=uid("card"), severity="medium")))
+    assert result.inserted == 1
+    assert result.incident_ids == []
+    assert _incidents_of(db_session, [r1]) == {}
+
+
+def test_correlator__two_rules_on_linked_entities_open_one_incident(db_session: Session) -> None:
+    r1, r2, card = uid("rule"), uid("rule"), uid("card")
+    sink = _sink(db_session)
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=card, severity="low")))
+    result = sink.write(
+        hits_frame(hit(rule_id=r2, entity_type="user_id", entity_id=uid("user"), domain="auth",
+                       severity="medium", minutes=30, card_id=card))
+    )  # fmt: skip
+    assert list(_incidents_of(db_session, [r1, r2]).values()) == [{r1, r2}]
+    assert len(result.incident_ids) == 1
+
+
+def test_correlator__two_rules_on_the_same_event_stay_building_blocks(db_session: Session) -> None:
+    r1, r2, card, event = uid("rule"), uid("rule"), uid("card"), uid("ev")
+    sink = _sink(db_session)
+    sink.write(
+        hits_frame(
+            hit(rule_id=r1, entity_id=card, severity="medium", event_id=event),
+            hit(rule_id=r2, entity_id=card, severity="medium", event_id=event),
+        )
+    )
+    assert _incidents_of(db_session, [r1, r2]) == {}
+
+
+def test_correlator__same_rule_twice_stays_a_building_block(db_session: Session) -> None:
+    r1, card = uid("rule"), uid("card")
+    sink = _sink(db_session)
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=card, severity="medium")))
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=card, severity="medium", minutes=90)))
+    assert _incidents_of(db_session, [r1]) == {}
+
+
+def test_correlator__severe_alert_takes_in_earlier_building_blocks(db_session: Session) -> None:
+    r1, r2, r3, card = uid("rule"), uid("rule"), uid("rule"), uid("card")
+    sink = _sink(db_session)
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=card, severity="medium")))
+    sink.write(hits_frame(hit(rule_id=r2, entity_id=uid("card"), severity="medium")))  # another card
+    sink.write(hits_frame(hit(rule_id=r3, entity_id=card, severity="critical", minutes=20)))
+    assert list(_incidents_of(db_session, [r1, r2, r3]).values()) == [{r1, r3}]
+    assert _linked_alerts(db_session, [r1, r2, r3]) == 2
+
+
+def test_correlator__building_block_past_the_window_is_left_out(db_session: Session) -> None:
+    r1, r2, card = uid("rule"), uid("rule"), uid("card")
+    sink = _sink(db_session, window_s=3600)
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=card, severity="medium")))
+    sink.write(hits_frame(hit(rule_id=r2, entity_id=card, severity="high", minutes=200)))
+    assert list(_incidents_of(db_session, [r1, r2]).values()) == [{r2}]
+
+
+def test_correlator__later_medium_alert_joins_an_open_incident(db_session: Session) -> None:
+    r1, r2, card = uid("rule"), uid("rule"), uid("card")
+    sink = _sink(db_session)
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=card, severity="high")))
+    sink.write(hits_frame(hit(rule_id=r2, entity_id=card, severity="low", minutes=10)))
+    assert list(_incidents_of(db_session, [r1, r2]).values()) == [{r1, r2}]
+
+
+def test_correlator__sequence_alert_opens_an_incident_whatever_its_severity(db_session: Session) -> None:
+    seq = uid("rule")
+    sink = AlertSink(session_factory(db_session), correlator=Correlator(sequence_rules=[seq]))
+    sink.write(hits_frame(hit(rule_id=seq, entity_id=uid("card"), severity="low")))
+    assert list(_incidents_of(db_session, [seq]).values()) == [{seq}]
+
+
+def test_correlator__min_rules_one_makes_every_alert_an_incident(db_session: Session) -> None:
+    r1 = uid("rule")
+    sink = AlertSink(session_factory(db_session), correlator=Correlator(min_rules=1))
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=uid("card"), severity="low")))
+    assert list(_incidents_of(db_session, [r1]).values()) == [{r1}]
+
+
+def test_correlator__warm_up_restores_building_blocks(db_session: Session) -> None:
+    r1, r2, card = uid("rule"), uid("rule"), uid("card")
+    _sink(db_session).write(hits_frame(hit(rule_id=r1, entity_id=card, severity="medium")))
+    correlator = Correlator()
+    assert correlator.warm_up(db_session=db_session) >= 1
+    AlertSink(session_factory(db_session), correlator=correlator).write(
+        hits_frame(hit(rule_id=r2, entity_id=card, severity="medium", minutes=5))
+    )
+    assert list(_incidents_of(db_session, [r1, r2]).values()) == [{r1, r2}]
+
+
+# --- what links alerts ---------------------------------------------------------------------------------
+
+
+def test_correlator__victims_named_by_a_fan_out_do_not_join(db_session: Session) -> None:
+    r1, r2, device, victim = uid("rule"), uid("rule"), uid("dev"), uid("user")
+    sink = _sink(db_session)
+    sink.write(
+        hits_frame(
+            hit(rule_id=r1, entity_type="device_id", entity_id=device, domain="auth", user_id=victim),
+            hit(rule_id=r1, entity_type="device_id", entity_id=device, domain="auth", user_id=uid("user")),
+        )
+    )
+    sink.write(
+        hits_frame(hit(rule_id=r2, entity_type="user_id", entity_id=victim, domain="auth", minutes=30))
+    )
+    assert len(_incidents_of(db_session, [r1, r2])) == 2
+
+
+def test_correlator__alert_about_an_address_joins_the_incident_its_events_came_from(
+    db_session: Session,
+) -> None:
+    r1, r2, r3, ip = uid("rule"), uid("rule"), uid("rule"), "198.51.100.23"
+    sink = _sink(db_session)
+    sink.write(hits_frame(hit(rule_id=r1, entity_type="user_id", entity_id=uid("user"), src_ip=ip)))
+    sink.write(hits_frame(hit(rule_id=r2, entity_type="user_id", entity_id=uid("user"), src_ip=ip)))
+    assert len(_incidents_of(db_session, [r1, r2])) == 2  # the same address alone joins nothing
+    sink.write(hits_frame(hit(rule_id=r3, entity_type="src_ip", entity_id=ip, domain="network", minutes=5)))
+    incidents = _incidents_of(db_session, [r1, r2, r3])
+    assert {r3} <= set().union(*incidents.values())
+    assert any({r1, r3} <= rules or {r2, r3} <= rules for rules in incidents.values())
+
+
+def test_correlator__after_a_reset_the_next_batch_reloads_the_window(db_session: Session) -> None:
+    r1, r2, card = uid("rule"), uid("rule"), uid("card")
+    correlator = Correlator()
+    sink = AlertSink(session_factory(db_session), correlator=correlator)
+    sink.write(hits_frame(hit(rule_id=r1, entity_id=card)))
+    correlator.reset()  # as after a failed commit (a locked database)
+    sink.write(hits_frame(hit(rule_id=r2, entity_id=card, minutes=5)))
+    assert list(_incidents_of(db_session, [r1, r2]).values()) == [{r1, r2}]

@@ -30,10 +30,12 @@ def _events(domain: Domain, rows: list[dict[str, Any]]) -> SourceChunk:
 
 
 def _account_takeover(user: str, account: str) -> list[SourceChunk]:
-    """A week of quiet habits, then a sign-in from a new phone abroad and a large transfer to a new payee."""
+    """A week of quiet habits, then a password-only sign-in from a new phone abroad and a large transfer to a
+    new payee."""
     logins: list[dict[str, Any]] = [
         {"user_id": user, "device_id": f"{user}-phone", "country": "GB", "lat": 51.5, "lon": -0.1,
-         "action": "login", "outcome": "success", "ts": h * 12 * HOUR, "event_id": f"{user}-login-{h}"}
+         "action": "login", "outcome": "success", "auth_method": "biometric", "mfa_used": True,
+         "ts": h * 12 * HOUR, "event_id": f"{user}-login-{h}"}
         for h in range(10)
     ]  # fmt: skip
     payments: list[dict[str, Any]] = [
@@ -43,7 +45,8 @@ def _account_takeover(user: str, account: str) -> list[SourceChunk]:
     ]  # fmt: skip
     takeover = {
         "user_id": user, "device_id": f"{user}-new-phone", "country": "NG", "lat": 6.5, "lon": 3.4,
-        "action": "login", "outcome": "success", "ts": 130 * HOUR, "event_id": f"{user}-login-ato",
+        "action": "login", "outcome": "success", "auth_method": "password", "mfa_used": False,
+        "ts": 130 * HOUR, "event_id": f"{user}-login-ato",
     }  # fmt: skip
     payee = {
         "user_id": user, "account_id": account, "action": "payee_add", "payee_id": "stranger",

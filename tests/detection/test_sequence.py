@@ -108,7 +108,7 @@ def test_sequence_evaluator__matches_brute_force_in_any_batching_and_order(
 ) -> None:
     events = [(d, f"e{i}", k, float(t), v) for i, (d, k, t, v) in enumerate(raw)]
     expected = _brute_force(events, 600.0)
-    evaluator = SequenceEvaluator(SPEC, late_s=10_000)
+    evaluator = SequenceEvaluator(SPEC, late_s=10_000, once_per_chain=False)
     fired: set[str] = set()
     start = 0
     for size in itertools.cycle(cuts):  # arrival order as generated: times are not sorted
@@ -129,10 +129,11 @@ def test_sequence_evaluator__late_first_step_completes_an_earlier_last_step() ->
 
 
 def test_sequence_evaluator__window_and_strict_order() -> None:
-    evaluator = SequenceEvaluator(SPEC)
+    evaluator = SequenceEvaluator(SPEC, once_per_chain=False)
     evaluator.update(Domain.auth, _auth([("a1", "k", 0, "login"), ("a2", "k", 0, "payee_add")]))
     assert evaluator.update(Domain.payment, _pay([("p1", "k", 10, 500.0)])).height == 0  # same time
-    evaluator.update(Domain.auth, _auth([("a3", "k", 5, "payee_add")]))
+    late = evaluator.update(Domain.auth, _auth([("a3", "k", 5, "payee_add")]))
+    assert late.get_column("event_id").to_list() == ["p1"]
     assert evaluator.update(Domain.payment, _pay([("p2", "k", 601, 500.0)])).height == 0  # too late
     assert evaluator.update(Domain.payment, _pay([("p3", "k", 600, 500.0)])).height == 1
 
@@ -165,7 +166,9 @@ def test_sequence_evaluator__state_is_bounded_by_time_and_rows() -> None:
     evaluator = SequenceEvaluator(SPEC, late_s=0)
     evaluator.update(Domain.auth, _auth([("a", "k", 0, "login")]))
     evaluator.update(Domain.auth, _auth([("b", "k", 7200, "login")]))
-    assert evaluator.state_rows() == 1
+    assert evaluator.state_rows() == 2  # no payment seen yet: the payments may be a batch behind
+    evaluator.update(Domain.payment, _pay([("p", "k", 7300, 5.0), ("q", "k", 7301, 500.0)]))
+    assert evaluator.state_rows() == 2  # the sign-in at 0 is gone, the one at 7200 and payment q stay
 
 
 def test_rule_set__sequence_hits_snapshot_and_explanation() -> None:
@@ -224,3 +227,84 @@ def test_rule_from_dict__bad_sequence_names_the_key(change: dict[str, Any], key_
     with pytest.raises(RuleError) as caught:
         Rule.from_dict({**RULE, **change})
     assert caught.value.key_path == key_path
+
+
+def test_sequence_evaluator__reports_each_chain_once() -> None:
+    evaluator = SequenceEvaluator(SPEC)
+    evaluator.update(Domain.auth, _auth([("a1", "k", 0, "login"), ("a2", "k", 10, "payee_add")]))
+    first = evaluator.update(Domain.payment, _pay([("p1", "k", 20, 500.0), ("p2", "k", 30, 500.0)]))
+    assert first.get_column("event_id").to_list() == ["p1"]
+    assert evaluator.update(Domain.payment, _pay([("p3", "k", 40, 500.0)])).height == 0  # same chain
+    evaluator.update(Domain.auth, _auth([("a3", "k", 50, "login"), ("a4", "k", 60, "payee_add")]))
+    assert evaluator.update(Domain.payment, _pay([("p4", "k", 70, 500.0)])).get_column(
+        "event_id"
+    ).to_list() == ["p4"]
+
+
+def test_sequence_evaluator__a_slower_domain_keeps_the_steps_it_needs() -> None:
+    evaluator = SequenceEvaluator(SPEC, late_s=0)
+    day = [("a1", "k", 0.0, "login"), ("a2", "k", 10.0, "payee_add"), ("a3", "x", 86_000.0, "login")]
+    evaluator.update(Domain.auth, _auth(day))  # the whole day of sign-ins arrives first
+    assert evaluator.update(Domain.payment, _pay([("p1", "k", 20, 500.0)])).height == 1
+
+
+def test_sequence_evaluator__snapshot_keeps_steps_and_reported_chains() -> None:
+    evaluator = SequenceEvaluator(SPEC)
+    evaluator.update(Domain.auth, _auth([("a1", "k", 0, "login"), ("a2", "k", 10, "payee_add")]))
+    assert evaluator.update(Domain.payment, _pay([("p1", "k", 20, 500.0)])).height == 1
+    restored = SequenceEvaluator(SPEC)
+    restored.restore(evaluator.snapshot())
+    assert restored.state_rows() == evaluator.state_rows()
+    assert restored.update(Domain.payment, _pay([("p2", "k", 30, 500.0)])).height == 0  # same chain
+    restored.update(Domain.auth, _auth([("a3", "k", 40, "login"), ("a4", "k", 50, "payee_add")]))
+    assert restored.update(Domain.payment, _pay([("p3", "k", 60, 500.0)])).height == 1
+
+
+BURST_SPEC = SequenceSpec.from_dict(
+    {
+        "window": "10m",
+        "steps": [
+            {"domain": "auth", "condition": {"field": "action", "equals": "login"}, "count": 2},
+            {"domain": "auth", "condition": {"field": "action", "equals": "payee_add"}, "count": 2},
+            {"domain": "payment", "by": "account_id", "condition": {"field": "amount", "gte": 100}},
+        ],
+    },
+    default_by="user_id",
+)
+
+
+def _brute_force_bursts(events: list[tuple[str, str, str, float, Any]], window: float) -> set[str]:
+    """Last-step events that end a chain: two logins, then two payee additions (each strictly after both
+    logins), then a payment of 100 or more strictly after both, all one key, the first login within
+    ``window`` of the payment."""
+    login = [e for e in events if e[0] == "auth" and e[4] == "login"]
+    payee = [e for e in events if e[0] == "auth" and e[4] == "payee_add"]
+    pay = [e for e in events if e[0] == "payment" and e[4] >= 100]
+    out = set()
+    for (a1, a2), (b1, b2), c in itertools.product(
+        itertools.combinations(login, 2), itertools.combinations(payee, 2), pay
+    ):
+        keys = {a1[2], a2[2], b1[2], b2[2], c[2]}
+        ordered = max(a1[3], a2[3]) < min(b1[3], b2[3]) and max(b1[3], b2[3]) < c[3]
+        if len(keys) == 1 and ordered and c[3] - min(a1[3], a2[3]) <= window:
+            out.add(c[1])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(EVENT, max_size=20), st.lists(st.integers(1, 6), min_size=1, max_size=8))
+def test_sequence_evaluator__burst_steps_match_brute_force(
+    raw: list[tuple[str, str, int, Any]], cuts: list[int]
+) -> None:
+    events = [(d, f"e{i}", k, float(t // 10), v) for i, (d, k, t, v) in enumerate(raw)]  # many equal times
+    expected = _brute_force_bursts(events, 60.0)
+    spec = SequenceSpec(60, BURST_SPEC.steps)
+    evaluator = SequenceEvaluator(spec, late_s=10_000, once_per_chain=False)
+    fired: set[str] = set()
+    start = 0
+    for size in itertools.cycle(cuts):
+        if start >= len(events):
+            break
+        fired |= _feed(evaluator, events[start : start + size])
+        start += size
+    assert fired == expected

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from finsecure.detection.sigma import sigma_report
+from finsecure.detection.sigma.report import with_raw
 from finsecure.event.schemas import Domain
 
 # /work/shared sits beside the checkout (tests/detection/ -> tests -> repo -> its parent).
@@ -40,14 +41,19 @@ def test_sigma_report__loads_and_compiles_shared_rules_and_fires_on_otrf(sigma_d
             pytest.fail(f"the OTRF data set is missing at {AAD}")
         pytest.skip("the OTRF data set is not beside this checkout")
     frames = [chunk.frame for chunk in open_source(AAD, "azure-ad").chunks() if chunk.domain == Domain.cloud]
-    rows = sigma_report(sigma_dir, {Domain.cloud: pl.concat(frames)})
+    rows = sigma_report(sigma_dir, {Domain.cloud: with_raw(pl.concat(frames), AAD)})
     assert len(rows) >= 140
     assert all(row.loaded for row in rows)
     compiled = [row for row in rows if row.compiled]
-    assert len(compiled) / len(rows) >= 0.45
+    assert len(compiled) / len(rows) >= 0.9
+    assert len([row for row in compiled if not row.raw_fields]) >= 70  # on canonical columns alone
     assert all(row.reason for row in rows if not row.compiled)
     fired = {Path(row.path).name for row in rows if row.fired}
-    assert "azure_app_delegated_permissions_all_users.yml" in fired
+    assert {
+        "azure_app_delegated_permissions_all_users.yml",  # canonical columns
+        "azure_app_credential_added.yml",  # reads the audit record's modified properties
+        "azure_app_appid_uri_changes.yml",
+    } <= fired
 
 
 def test_sigma_report__console_login_without_mfa_fires_on_canonical_event(sigma_dir: Path) -> None:
@@ -63,3 +69,36 @@ def test_sigma_report__console_login_without_mfa_fires_on_canonical_event(sigma_
     rows = sigma_report(sigma_dir / "aws", {Domain.cloud: frame})
     by_name = {Path(row.path).name: row for row in rows}
     assert by_name["aws_cloudtrail_console_login_success_without_mfa.yml"].fired == 1
+
+
+def test_compile_sigma__field_without_column_reads_the_raw_record(sigma_dir: Path) -> None:
+    from finsecure.detection.engine import RuleSet
+    from finsecure.detection.frames import sample_frame
+    from finsecure.detection.sigma.convert import (
+        RAW_COLUMN,
+        compile_sigma,
+        raw_fields,
+        raw_record,
+        sigma_rule_from_path,
+    )
+    from finsecure.pipeline.batch import Batch
+
+    path = sigma_dir / "aws" / "cloudtrail" / "aws_ecs_task_definition_cred_endpoint_query.yml"
+    if not path.is_file():
+        path = next(sigma_dir.rglob("aws_ecs_task_definition_cred_endpoint_query.yml"))
+    rule = compile_sigma(sigma_rule_from_path(path))
+    assert "requestParameters.containerDefinitions.command" in raw_fields(rule)
+    record = {
+        "eventSource": "ecs.amazonaws.com", "eventName": "RegisterTaskDefinition",
+        "requestParameters": {"containerDefinitions": [
+            {"command": ["sh", "-c", "curl $AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"]}]},
+    }  # fmt: skip
+    frame = sample_frame(
+        Domain.cloud, [{"service": "ecs.amazonaws.com", "action": "RegisterTaskDefinition"}] * 2
+    )
+    frame = frame.with_columns(pl.Series(RAW_COLUMN, [raw_record(record), raw_record({"eventName": "x"})]))
+    hits = RuleSet([rule]).evaluate(Batch(Domain.cloud, frame, "test"))
+    assert hits.get_column("event_id").to_list() == ["sample-0"]
+    # a batch without the source records: the rule runs and simply does not fire
+    plain = sample_frame(Domain.cloud, [{"service": "ecs.amazonaws.com", "action": "RegisterTaskDefinition"}])
+    assert RuleSet([rule]).evaluate(Batch(Domain.cloud, plain, "test")).height == 0

@@ -1,8 +1,9 @@
 """How an incident is scored and described, in plain words.
 
 Risk (0 to 100): start from the worst alert's severity (low 20, medium 40, high 60, critical 80); add 5
-for each alert beyond the first (at most 10) and 10 for each domain beyond the first (at most 20);
-never more than 100. So one high alert is 60, and a high sign-in alert plus a high payment alert about the
+for each alert beyond the first (at most 10), 10 for each domain beyond the first (at most 20) and 10
+when a sequence rule completed (the whole story of an attack was seen, not one odd event); never more
+than 100. So one high alert is 60, and a high sign-in alert plus a high payment alert about the
 same customer is 60 + 5 + 10 = 75. The incident's severity follows from its risk: 80 and above critical,
 60 high, 40 medium, below that low.
 """
@@ -31,8 +32,8 @@ ENTITY_LABELS = {
 }
 
 
-def incident_risk(*, max_severity: str, alerts: int, domains: int) -> float:
-    """Risk of an incident from its worst severity, number of alerts and number of domains.
+def incident_risk(*, max_severity: str, alerts: int, domains: int, sequences: int = 0) -> float:
+    """Risk of an incident from its worst severity, number of alerts and domains, and completed sequences.
 
     >>> incident_risk(max_severity="high", alerts=1, domains=1)
     60.0
@@ -40,9 +41,14 @@ def incident_risk(*, max_severity: str, alerts: int, domains: int) -> float:
     75.0
     >>> incident_risk(max_severity="critical", alerts=9, domains=4)
     100.0
+    >>> incident_risk(max_severity="high", alerts=2, domains=2, sequences=1)
+    85.0
     """
     risk = (
-        _BASE.get(max_severity, 20.0) + 5.0 * min(max(alerts - 1, 0), 2) + 10.0 * min(max(domains - 1, 0), 2)
+        _BASE.get(max_severity, 20.0)
+        + 5.0 * min(max(alerts - 1, 0), 2)
+        + 10.0 * min(max(domains - 1, 0), 2)
+        + (10.0 if sequences > 0 else 0.0)
     )
     return min(risk, 100.0)
 
@@ -75,6 +81,8 @@ class AlertFacts:
     last_seen: dt.datetime
     count: int = 1
     entities: dict[str, list[str]] = field(default_factory=dict)
+    sequence: bool = False
+    """The alert comes from a sequence rule (several steps of one attack, in order)."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +144,10 @@ def describe_incident(alerts: Sequence[AlertFacts]) -> IncidentDescription:
     domains = sorted({a.domain for a in alerts})
     first = min(a.first_seen for a in alerts)
     last = max(a.last_seen for a in alerts)
-    risk = incident_risk(max_severity=worst.severity, alerts=len(alerts), domains=len(domains))
+    sequences = [a for a in alerts if a.sequence]
+    risk = incident_risk(
+        max_severity=worst.severity, alerts=len(alerts), domains=len(domains), sequences=len(sequences)
+    )
     mains = Counter((a.entity_type, a.entity_id) for a in alerts if a.entity_type and a.entity_id)
     main = mains.most_common(1)[0][0] if mains else None
     who = (
@@ -161,6 +172,9 @@ def describe_incident(alerts: Sequence[AlertFacts]) -> IncidentDescription:
     summary = f"{who}:{spread} {count} across {_and(domains)}{within}. {shown}."
     if spread:
         summary = f"{who} seen{spread}; {count} across {_and(domains)}{within}. {shown}."
+    if sequences:
+        stories = _and(list(dict.fromkeys(a.title for a in sequences)))
+        summary += f" The steps of a known attack happened in order: {stories}."
     return IncidentDescription(
         title=f"{who}: {title}"[:256],
         summary=summary,

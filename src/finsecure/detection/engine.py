@@ -1,10 +1,11 @@
 """Run compiled rules over batches: :class:`RuleSet` gives a frame of hits, :class:`DetectionStep` runs it
 in a pipeline and hands hits to a callback.
 
-All match and model conditions of a domain run in one Polars ``select``; threshold rules keep their
-per-entity window state between batches, sequence rules their steps' matched events (see
-:mod:`finsecure.detection.sequence`); a sequence step's condition runs in the same ``select`` as the
-match rules of its domain. Only hits (rare) are turned into explanation text in Python.
+Per batch, one Polars ``select`` evaluates every condition of the batch's domain: whether each match or
+model rule fires, which rows each threshold rule counts, which rows match each sequence step. Rules
+and steps with no row set cost nothing more; threshold rules then update their per-entity windows
+(NumPy/numba, :mod:`finsecure.detection.threshold`) and sequence rules their steps' matched events
+(:mod:`finsecure.detection.sequence`). Only hits are turned into explanation text in Python.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import string
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import polars as pl
 
 from finsecure.detection.frames import domain_schema
 from finsecure.detection.rule import Rule, explain_fields
-from finsecure.detection.sequence import SequenceEvaluator
+from finsecure.detection.sequence import SequenceEvaluator, micros
 from finsecure.detection.threshold import ThresholdEvaluator
 from finsecure.event.schemas import Domain
 from finsecure.pipeline.batch import Batch, Step
@@ -39,6 +42,15 @@ HITS_SCHEMA = pl.Schema(
     }
 )
 """Columns of the hits frame, one row per (rule, event) that fired."""
+
+
+#: Columns outside the canonical schema that rules may read, and their types (Sigma's source record).
+_OPTIONAL_COLUMNS: dict[str, pl.DataType] = {"raw": pl.String()}
+
+
+_TS = pl.Datetime("us", "UTC")
+_NO_ROWS = pl.Series("none", [], dtype=pl.Boolean)
+"""Stands for a mask with no row set (the column is not even read)."""
 
 
 class _Blank(dict[str, Any]):
@@ -98,6 +110,8 @@ class RuleSet:
             )
             for index, step in enumerate(rule.sequence.steps):
                 self._steps_by_domain.setdefault(step.domain, []).append((rule, index))
+        self._mask_cache: dict[Domain, list[pl.Expr]] = {}
+        self._needed: dict[Domain, set[str]] = {}
         self._thresholds: dict[str, ThresholdEvaluator] = {
             rule.id: ThresholdEvaluator(rule.threshold, rule.expr, late_s)
             for rule in self.rules
@@ -106,26 +120,34 @@ class RuleSet:
 
     def _frame_with_columns(self, domain: Domain, frame: pl.DataFrame) -> pl.DataFrame:
         """Add every column a rule reads but the batch lacks, as nulls (a model score not produced yet)."""
-        needed = {name for rule in self._by_domain.get(domain, ()) for name in rule.fields()}
-        needed |= {n for rule, _ in self._steps_by_domain.get(domain, ()) for n in rule.step_fields(domain)}
-        missing = [pl.lit(None).alias(name) for name in sorted(needed - set(frame.columns))]
+        needed = self._needed.get(domain)
+        if needed is None:
+            needed = {name for rule in self._by_domain.get(domain, ()) for name in rule.fields()}
+            needed |= {
+                n for rule, _ in self._steps_by_domain.get(domain, ()) for n in rule.step_fields(domain)
+            }
+            self._needed[domain] = needed
+        absent = needed.difference(frame.columns)
+        if not absent:
+            return frame
+        schema = domain_schema(domain)
+        missing = [
+            pl.lit(None, dtype=schema.get(name, _OPTIONAL_COLUMNS.get(name))).alias(name)
+            for name in sorted(absent)
+        ]
         return frame.with_columns(missing) if missing else frame
 
-    def evaluate(self, batch: Batch) -> pl.DataFrame:
-        """Hits of every rule of the batch's domain (columns: :data:`HITS_SCHEMA`)."""
-        rules = self._by_domain.get(batch.domain, [])
-        steps = self._steps_by_domain.get(batch.domain, [])
-        if not (rules or steps) or batch.frame.height == 0:
-            return pl.DataFrame(schema=HITS_SCHEMA)
-        frame = self._frame_with_columns(batch.domain, batch.frame)
-        masks: list[pl.Expr] = []
-        values: dict[str, pl.Series] = {}
-        for index, rule in enumerate(rules):
+    def _masks(self, domain: Domain) -> list[pl.Expr]:
+        """Every boolean column one batch of ``domain`` needs, built once: per match or model rule
+        whether it fires, per threshold rule which rows count, per sequence step which rows match."""
+        masks = self._mask_cache.get(domain)
+        if masks is not None:
+            return masks
+        masks = []
+        for index, rule in enumerate(self._by_domain.get(domain, [])):
             name = f"__rule_{index}"
             if rule.threshold is not None:
-                value = self._thresholds[rule.id].evaluate(frame)
-                values[name] = value
-                masks.append((pl.lit(value) >= rule.threshold.gte).fill_null(False).alias(name))
+                masks.append(self._thresholds[rule.id].counted().alias(name))
             elif rule.model is not None:
                 score = pl.col(rule.model.score)
                 fired = score.is_not_null() & (score.cast(pl.Float64) >= rule.model.gte)
@@ -134,33 +156,71 @@ class RuleSet:
                 masks.append(fired.fill_null(False).alias(name))
             else:
                 expr = rule.expr if rule.expr is not None else pl.lit(False)
-                masks.append(expr.alias(name))
-        for number, (rule, index) in enumerate(steps):
+                masks.append(expr.fill_null(False).alias(name))
+        for number, (rule, index) in enumerate(self._steps_by_domain.get(domain, [])):
             spec = rule.sequence
             if spec is not None:  # always, for rules listed as steps
-                masks.append(spec.steps[index].expr.alias(f"__step_{number}"))
-        fired_frame = frame.select(masks)
+                step = spec.steps[index]
+                matched = step.expr & pl.col(step.by).is_not_null()
+                masks.append(matched.fill_null(False).alias(f"__step_{number}"))
+        self._mask_cache[domain] = masks
+        return masks
+
+    def evaluate(self, batch: Batch) -> pl.DataFrame:
+        """Hits of every rule of the batch's domain (columns: :data:`HITS_SCHEMA`)."""
+        rules = self._by_domain.get(batch.domain, [])
+        steps = self._steps_by_domain.get(batch.domain, [])
+        if not (rules or steps) or batch.frame.height == 0:
+            return pl.DataFrame(schema=HITS_SCHEMA)
+        frame = self._frame_with_columns(batch.domain, batch.frame)
+        fired_frame = frame.select(self._masks(batch.domain))
+        anything = [column.any() for column in fired_frame.iter_columns()]  # which have a row at all
         hits: list[pl.DataFrame] = []
         step_masks: dict[str, dict[int, pl.Series]] = {}
         for number, (rule, index) in enumerate(steps):
-            step_masks.setdefault(rule.id, {})[index] = fired_frame.get_column(f"__step_{number}")
+            column = len(rules) + number
+            by_step = step_masks.setdefault(rule.id, {})
+            by_step[index] = fired_frame.to_series(column) if anything[column] else _NO_ROWS
+        latest = frame.get_column("ts").max() if step_masks else None
         for rule_id, by_step in step_masks.items():
-            if not any(mask.any() for mask in by_step.values()):
+            evaluator = self._sequences[rule_id]
+            if all(mask is _NO_ROWS for mask in by_step.values()):
+                evaluator.advance(batch.domain, latest)  # no step matched: time still moves on
                 continue
             rule = next(r for r, _ in steps if r.id == rule_id)
-            done = self._sequences[rule_id].update(batch.domain, frame, by_step)
+            masks = {
+                i: m if m is not _NO_ROWS else pl.repeat(False, frame.height, eager=True)
+                for i, m in by_step.items()
+            }
+            done = evaluator.update(batch.domain, frame, masks)
             if done.height:
                 hits.append(_sequence_hits(rule, done))
+        ts_us: npt.NDArray[np.int64] | None = None
         for index, rule in enumerate(rules):
-            mask = fired_frame.get_column(f"__rule_{index}")
-            if not mask.any():
+            if not anything[index]:
                 continue
-            rows = frame.filter(mask)
-            if f"__rule_{index}" in values:
-                rows = rows.with_columns(value=values[f"__rule_{index}"].filter(mask))
+            mask = fired_frame.to_series(index)
+            value: pl.Series | None = None
+            if rule.threshold is not None:
+                if ts_us is None:
+                    ts_us = micros(frame.get_column("ts"))
+                rows, values = self._thresholds[rule.id].evaluate_rows(frame, mask, ts_us)
+                keep = values >= rule.threshold.gte
+                if not keep.any():
+                    continue
+                picked = rows[keep]
+                value = pl.Series("value", values[keep], dtype=pl.Float64)
+            else:
+                picked = np.flatnonzero(mask.to_numpy())
+            wanted = {"event_id", "ts", rule.entity, *explain_fields(rule.explain)}
+            if rule.model is not None:
+                wanted.add(rule.model.score)
+            rows_frame = pl.DataFrame([frame.get_column(c) for c in frame.columns if c in wanted])[picked]
+            if value is not None:
+                rows_frame = rows_frame.with_columns(value)
             elif rule.model is not None:
-                rows = rows.with_columns(value=pl.col(rule.model.score))
-            hits.append(_hits(batch.domain, rule, rows))
+                rows_frame = rows_frame.with_columns(value=pl.col(rule.model.score))
+            hits.append(_hits(batch.domain, rule, rows_frame))
         if not hits:
             return pl.DataFrame(schema=HITS_SCHEMA)
         return pl.concat(hits)
@@ -191,17 +251,7 @@ def _sequence_hits(rule: Rule, done: pl.DataFrame) -> pl.DataFrame:
         values["elapsed_min"] = round(float(row["elapsed_s"]) / 60.0, 1)
         values["first_time"] = row["start"].strftime("%H:%M UTC") if row["start"] is not None else None
         texts.append(render_explanation(rule.explain, values))
-    return done.select(
-        pl.lit(rule.id).alias("rule_id"),
-        pl.lit(rule.title).alias("rule_title"),
-        pl.lit(rule.domain.value).alias("domain"),
-        pl.col("event_id"),
-        pl.lit(rule.entity).alias("entity_type"),
-        pl.col("key").alias("entity_id"),
-        pl.col("ts"),
-        pl.lit(rule.severity).alias("severity"),
-        pl.Series("explanation", texts, dtype=pl.String),
-    )
+    return _hit_frame(rule, rule.domain, done, "key", texts)
 
 
 def _hits(domain: Domain, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
@@ -209,16 +259,30 @@ def _hits(domain: Domain, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
     texts = [render_explanation(rule.explain, row) for row in rows.select(placeholders).iter_rows(named=True)]
     if not placeholders:
         texts = [rule.explain] * rows.height
-    return rows.select(
-        pl.lit(rule.id).alias("rule_id"),
-        pl.lit(rule.title).alias("rule_title"),
-        pl.lit(domain.value).alias("domain"),
-        pl.col("event_id"),
-        pl.lit(rule.entity).alias("entity_type"),
-        pl.col(rule.entity).cast(pl.String).alias("entity_id"),
-        pl.col("ts").cast(pl.Datetime("us", "UTC")),
-        pl.lit(rule.severity).alias("severity"),
-        pl.Series("explanation", texts, dtype=pl.String),
+    return _hit_frame(rule, domain, rows, rule.entity, texts)
+
+
+def _hit_frame(rule: Rule, domain: Domain, rows: pl.DataFrame, entity: str, texts: list[str]) -> pl.DataFrame:
+    """The hits frame (:data:`HITS_SCHEMA`) of one rule's rows, built column by column (no query plan)."""
+    height = rows.height
+
+    def constant(name: str, value: str) -> pl.Series:
+        return pl.Series(name, [value], dtype=pl.String).new_from_index(0, height)
+
+    entity_id = rows.get_column(entity).alias("entity_id")
+    ts = rows.get_column("ts")
+    return pl.DataFrame(
+        [
+            constant("rule_id", rule.id),
+            constant("rule_title", rule.title),
+            constant("domain", domain.value),
+            rows.get_column("event_id"),
+            constant("entity_type", rule.entity),
+            entity_id if entity_id.dtype == pl.String else entity_id.cast(pl.String),
+            ts if ts.dtype == _TS else ts.cast(_TS),
+            constant("severity", rule.severity),
+            pl.Series("explanation", texts, dtype=pl.String),
+        ]
     )
 
 

@@ -25,7 +25,13 @@ def sample_hits(rule: Rule, events: Sequence[Mapping[str, Any]]) -> pl.DataFrame
     if rule.sequence is not None:
         return _sequence_sample_hits(rule, events)
     extra = {rule.model.score: pl.Float64()} if rule.model is not None else None
-    # ``repeat: n`` writes a burst of n copies of one event (with ids <id>-0, <id>-1, ...).
+    expanded = _expand(events)
+    frame = sample_frame(rule.domain, expanded, extra)
+    return RuleSet([rule]).evaluate(Batch(rule.domain, frame, "samples"))
+
+
+def _expand(events: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``repeat: n`` writes a burst of n copies of one event (with ids <id>-0, <id>-1, ...)."""
     expanded: list[Mapping[str, Any]] = []
     for index, event in enumerate(events):
         count = int(event.get("repeat", 1))
@@ -35,19 +41,18 @@ def sample_hits(rule: Rule, events: Sequence[Mapping[str, Any]]) -> pl.DataFrame
             continue
         name = str(base.get("event_id", f"sample-{index}"))
         expanded += [{**base, "event_id": f"{name}-{copy}"} for copy in range(count)]
-    frame = sample_frame(rule.domain, expanded, extra)
-    return RuleSet([rule]).evaluate(Batch(rule.domain, frame, "samples"))
+    return expanded
 
 
 def _sequence_sample_hits(rule: Rule, events: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     runs: list[tuple[Domain, list[Mapping[str, Any]]]] = []
-    for index, event in enumerate(events):
+    named = [{"event_id": f"sample-{index}", **event} for index, event in enumerate(events)]
+    for index, event in enumerate(_expand(named)):
         try:
             domain = Domain(str(event.get("domain", rule.domain.value)))
         except ValueError:
             raise ValueError(f"[{index}]: domain {event.get('domain')!r} is not a domain") from None
         body = {key: value for key, value in event.items() if key != "domain"}
-        body.setdefault("event_id", f"sample-{index}")
         if runs and runs[-1][0] == domain:
             runs[-1][1].append(body)
         else:

@@ -4,16 +4,26 @@ The field names are mapped by the YAML processing pipeline shipped beside this m
 (``pipeline.yml``); the parsed detection tree (and/or/not, field = value) is then walked into one
 ``pl.Expr``. Supported values: strings (case-insensitive, as Sigma wants, with ``*``/``?`` wildcards,
 so ``contains``/``startswith``/``endswith``/``all`` work), ``re``, ``cidr`` (IPv4/IPv6 prefixes),
-numbers, booleans (``'No'``/``'yes'`` on a true/false column) and null. Anything else (keyword
-searches, field references, placeholders, log sources with no canonical mapping) is reported with
-the reason: :class:`SigmaUnsupported`, never a crash.
+numbers, booleans (``'No'``/``'yes'`` on a true/false column) and null.
+
+A field with no canonical column (``requestParameters.containerDefinitions.command``, ``ResultType``,
+``riskEventType``...) and a keyword search read the source record itself: the optional ``raw`` column
+(:data:`RAW_COLUMN`) holds it as one JSON object of dotted paths to text (:func:`raw_record`; values
+of a list are joined by new lines and any of them may match). Batches without that column read it as
+empty, so such a rule simply does not fire there; ``finsecure rules sigma-report --events`` attaches
+the records of the file it reads. Anything else (field references, placeholders, log sources FinSecure
+does not know) is reported with the reason: :class:`SigmaUnsupported`, never a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from sigma.conditions import (
@@ -43,11 +53,18 @@ from finsecure.event.schemas import Domain
 __all__ = [
     "LOGSOURCE_DOMAINS",
     "PIPELINE_PATH",
+    "RAW_COLUMN",
     "SigmaUnsupported",
     "compile_sigma",
     "load_pipeline",
+    "raw_fields",
+    "raw_record",
     "sigma_rule_from_path",
 ]
+
+RAW_COLUMN = "raw"
+"""Optional batch column: the source record as a JSON object of dotted paths to text (see
+:func:`raw_record`); Sigma fields with no canonical column are read from it."""
 
 PIPELINE_PATH = Path(__file__).with_name("pipeline.yml")
 LOGSOURCE_DOMAINS: dict[tuple[str, str], Domain] = {
@@ -55,6 +72,8 @@ LOGSOURCE_DOMAINS: dict[tuple[str, str], Domain] = {
     ("azure", "signinlogs"): Domain.auth,
     ("azure", "auditlogs"): Domain.cloud,
     ("azure", "activitylogs"): Domain.cloud,
+    ("azure", "riskdetection"): Domain.auth,
+    ("azure", "pim"): Domain.cloud,
 }
 """Sigma log sources (product, service) that FinSecure normalises, and the domain they land in."""
 
@@ -90,6 +109,102 @@ def sigma_rule_from_path(path: Path) -> SigmaRule:
     if rule.errors:
         raise SigmaUnsupported(f"{path}: {rule.errors[0]}")
     return rule
+
+
+def raw_record(record: Mapping[str, Any]) -> str:
+    r"""A source record as the ``raw`` column holds it: dotted paths to text, lists flattened (values
+    joined by new lines), JSON text inside a value (as Log Analytics exports nested fields) opened up.
+
+    >>> raw_record({"a": {"b": [{"c": 1}, {"c": "x"}]}, "d": '{"e": true}', "f": None})
+    '{"a.b.c": "1\\nx", "d.e": "true"}'
+    """
+    flat: dict[str, list[str]] = {}
+
+    def walk(prefix: str, value: object, depth: int) -> None:
+        if isinstance(value, str) and value[:1] in "[{" and depth < 8:
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner, depth + 1)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(prefix, inner, depth + 1)
+        elif value is not None and prefix:
+            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            flat.setdefault(prefix, []).append(text)
+
+    walk("", record, 0)
+    return json.dumps({key: "\n".join(values) for key, values in flat.items()})
+
+
+def raw_fields(rule: Rule) -> tuple[str, ...]:
+    """The Sigma fields a compiled rule reads from the raw record (``(keywords)`` for a keyword search)."""
+    return tuple(tag.removeprefix("raw:") for tag in rule.tags if tag.startswith("raw:"))
+
+
+def _raw_value(field: str) -> pl.Expr:
+    quoted = field.replace("\\", "\\\\").replace("'", "\\'")
+    return pl.col(RAW_COLUMN).str.json_path_match(f"$['{quoted}']")
+
+
+def _raw_pattern(value: SigmaString) -> str:
+    """A regular expression matching one whole line of a raw value (case-insensitive, Sigma wildcards)."""
+    body = "".join(
+        _escape(part)
+        if isinstance(part, str)
+        else ("[^\\n]*" if part == SpecialChars.WILDCARD_MULTI else ".")
+        for part in value.s
+    )
+    return f"(?im)^{body}$"
+
+
+def _raw_expr(field: str, value: object) -> pl.Expr:
+    """A Sigma value compared with a field read from the raw record (any of its lines may match)."""
+    text = _raw_value(field)
+    if isinstance(value, SigmaNull):
+        return text.is_null()
+    if isinstance(value, SigmaString):
+        if value.contains_placeholder():
+            raise SigmaUnsupported(f"placeholder values ({field}) are not supported")
+        return text.str.contains(_raw_pattern(value))
+    if isinstance(value, SigmaBool):
+        return text.str.contains(f"(?im)^{str(value.boolean).lower()}$")
+    if isinstance(value, SigmaNumber):
+        return text.str.contains(f"(?m)^{_escape(str(value.number))}(\\.0+)?$")
+    if isinstance(value, SigmaRegularExpression):
+        return _regex_expr(field, text, value)
+    if isinstance(value, SigmaCIDRExpression):
+        prefixes = [_escape(prefix.rstrip("*")) for prefix in value.expand()]
+        return text.str.contains(f"(?m)^({'|'.join(prefixes)})")
+    raise SigmaUnsupported(f"{field}: values of type {type(value).__name__} are not supported")
+
+
+def _keyword_expr(value: object) -> pl.Expr:
+    """A keyword search (a value without a field): anywhere in the raw record's values."""
+    if isinstance(value, SigmaString):
+        if value.contains_placeholder():
+            raise SigmaUnsupported("placeholder values in keywords are not supported")
+        body = "".join(
+            _escape(part) if isinstance(part, str) else (".*" if part == SpecialChars.WILDCARD_MULTI else ".")
+            for part in value.s
+        )
+        return pl.col(RAW_COLUMN).str.contains(f"(?i){body}")
+    if isinstance(value, SigmaNumber):
+        return pl.col(RAW_COLUMN).str.contains(_escape(str(value.number)), literal=False)
+    raise SigmaUnsupported(f"keyword values of type {type(value).__name__} are not supported")
+
+
+def _regex_expr(field: str, column: pl.Expr, value: SigmaRegularExpression) -> pl.Expr:
+    names = {"IGNORECASE": "i", "MULTILINE": "m", "DOTALL": "s"}
+    flags = "".join(sorted(names.get(str(flag.name), "") for flag in value.flags))
+    raw = value.regexp.to_plain() if isinstance(value.regexp, SigmaString) else str(value.regexp)
+    pattern = f"(?{flags}){raw}" if flags else raw
+    try:
+        pl.DataFrame({"x": ["probe"]}).select(pl.col("x").str.contains(pattern))
+    except pl.exceptions.PolarsError:
+        raise SigmaUnsupported(f"{field}: regular expression not supported by the engine") from None
+    return column.cast(pl.String).str.contains(pattern)
 
 
 def _escape(text: str) -> str:
@@ -146,35 +261,30 @@ def _value_expr(field: str, column_name: str, dtype: pl.DataType, value: object)
             return column.eq(value.number)
         return column.cast(pl.String).eq(str(value.number))
     if isinstance(value, SigmaRegularExpression):
-        names = {"IGNORECASE": "i", "MULTILINE": "m", "DOTALL": "s"}
-        flags = "".join(sorted(names.get(str(flag.name), "") for flag in value.flags))
-        raw = value.regexp.to_plain() if isinstance(value.regexp, SigmaString) else str(value.regexp)
-        pattern = f"(?{flags}){raw}" if flags else raw
-        try:
-            pl.DataFrame({"x": ["probe"]}).select(pl.col("x").str.contains(pattern))
-        except pl.exceptions.PolarsError:
-            raise SigmaUnsupported(f"{field}: regular expression not supported by the engine") from None
-        return column.cast(pl.String).str.contains(pattern)
+        return _regex_expr(field, column, value)
     if isinstance(value, SigmaCIDRExpression):
         prefixes = [prefix.rstrip("*") for prefix in value.expand()]
         return pl.any_horizontal([column.str.starts_with(prefix) for prefix in prefixes])
     raise SigmaUnsupported(f"{field}: values of type {type(value).__name__} are not supported")
 
 
-def _walk(node: object, schema: pl.Schema) -> pl.Expr:
+def _walk(node: object, schema: pl.Schema, raw: list[str]) -> pl.Expr:
+    """The Polars expression of a parsed condition; fields read from the raw record go to ``raw``."""
     if isinstance(node, ConditionAND):
-        return pl.all_horizontal([_walk(arg, schema) for arg in node.args])
+        return pl.all_horizontal([_walk(arg, schema, raw) for arg in node.args])
     if isinstance(node, ConditionOR):
-        return pl.any_horizontal([_walk(arg, schema) for arg in node.args])
+        return pl.any_horizontal([_walk(arg, schema, raw) for arg in node.args])
     if isinstance(node, ConditionNOT):
-        return ~_walk(node.args[0], schema)
+        return ~_walk(node.args[0], schema, raw)
     if isinstance(node, ConditionFieldEqualsValueExpression):
         field = str(node.field)
         if field not in schema:
-            raise SigmaUnsupported(f"field {field!r} has no canonical column")
+            raw.append(field)
+            return _raw_expr(field, node.value).fill_null(False)
         return _value_expr(field, field, schema[field], node.value).fill_null(False)
     if isinstance(node, ConditionValueExpression):
-        raise SigmaUnsupported("keyword search without a field is not supported")
+        raw.append("(keywords)")
+        return _keyword_expr(node.value).fill_null(False)
     raise SigmaUnsupported(f"condition element {type(node).__name__} is not supported")
 
 
@@ -201,14 +311,15 @@ def compile_sigma(rule: SigmaRule, *, location: str = "<sigma>") -> Rule:
     except SigmaError as exc:
         raise SigmaUnsupported(f"cannot be processed: {exc}") from None
     schema = domain_schema(domain)
+    raw: list[str] = []
     try:
-        parts = [_walk(tree, schema) for tree in trees]
+        parts = [_walk(tree, schema, raw) for tree in trees]
     except (TypeError, AttributeError) as exc:
         # pySigma value types this converter does not know yet: report, never crash the caller.
         raise SigmaUnsupported(f"cannot be converted: {exc}") from None
     expr = parts[0] if len(parts) == 1 else pl.any_horizontal(parts)
     try:
-        pl.DataFrame(schema=schema).select(expr)
+        pl.DataFrame(schema={**schema, RAW_COLUMN: pl.String()}).select(expr)
     except pl.exceptions.PolarsError as exc:
         raise SigmaUnsupported(f"does not fit the column types: {str(exc).splitlines()[0]}") from None
     attack = tuple(
@@ -232,8 +343,10 @@ def compile_sigma(rule: SigmaRule, *, location: str = "<sigma>") -> Rule:
         explain=f"{rule.title} (Sigma rule)",
         entity=entity,
         expr=expr,
+        condition_columns=frozenset({RAW_COLUMN}) if raw else frozenset(),
         attack=attack,
         typology=None,
         origin="sigma",
         path=location,
+        tags=tuple(f"raw:{name}" for name in sorted(set(raw))),
     )
