@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: help run test lint typecheck services bench fuzz clean
+.PHONY: help run test lint typecheck services bench fuzz soak clean frontend frontend-test
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,8 +27,12 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,train]'
 	@touch $@ $(RUNTIME_STAMP)
 
-run: $(RUNTIME_STAMP) ## Install, migrate, create the first admin and serve on http://127.0.0.1:8000
+run: $(RUNTIME_STAMP) ## Install, build the dashboard, migrate, create the first admin and serve on http://127.0.0.1:8000
+	bash scripts/frontend.sh build
 	FINSECURE_ENV=$${FINSECURE_ENV:-development} $(BIN)/finsecure serve
+
+frontend: ## Build the dashboard into frontend/dist (npm ci + vite build, skipped when up to date)
+	bash scripts/frontend.sh build
 
 services: $(DEV_STAMP) ## Make sure the services the tests need answer (installs/starts them if not)
 	@bash scripts/services.sh
@@ -40,17 +44,28 @@ lint: $(DEV_STAMP) ## ruff (lint and format check)
 typecheck: $(DEV_STAMP) ## mypy --strict over src
 	$(BIN)/mypy src
 
-test: $(DEV_STAMP) services lint typecheck ## Everything: lint, types, and the whole suite on SQLite and PostgreSQL
+test: $(DEV_STAMP) services lint typecheck frontend-test ## Everything: lint, types, the whole suite on SQLite and PostgreSQL, the dashboard
 	FINSECURE_REQUIRE_SERVICES=1 $(BIN)/pytest src tests
+
+frontend-test: $(DEV_STAMP) ## Dashboard: Vitest unit tests, then the e2e run in Chromium (installed if absent)
+	bash scripts/frontend.sh test
 
 bench: $(DEV_STAMP) ## Benchmarks on the shared datasets: prints tables, writes bench/results/*.json
 	$(BIN)/python bench/simulator.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/features.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/deep.py
+	$(BIN)/python bench/scoring.py
+	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/scaleout.py
+	$(BIN)/python bench/graph.py
 
 fuzz: $(DEV_STAMP) services ## A longer schemathesis run over every API operation and role
 	FINSECURE_FUZZ_EXAMPLES=$${FINSECURE_FUZZ_EXAMPLES:-200} FINSECURE_REQUIRE_SERVICES=1 $(BIN)/pytest tests/security/test_fuzz_api.py
+
+soak: $(DEV_STAMP) ## Platform + API for 10 min (SOAK_DURATION=s) under dashboard load: bench/results/soak.{json,svg}
+	$(BIN)/python bench/soak.py --duration $${SOAK_DURATION:-600}
 
 clean: ## Remove the virtualenv, caches and local data
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

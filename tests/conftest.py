@@ -162,6 +162,7 @@ def make_settings(**overrides: object) -> Settings:
         "argon2_memory_kib": 64,
         "argon2_parallelism": 1,
         "database_url": "sqlite://",
+        "ml_bootstrap": False,  # no model training in the background of every platform test
     }
     values.update(overrides)
     return Settings.model_validate(values)

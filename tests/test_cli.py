@@ -172,6 +172,7 @@ def test_cli__refuses_default_secret_in_production(monkeypatch: pytest.MonkeyPat
         ["apikeys", "revoke"],
         ["rules"],
         ["rules", "test"],
+        ["rules", "backtest"],
         ["rules", "sigma-report"],
         ["replay"],
         ["query"],

@@ -15,6 +15,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -65,6 +66,35 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("GET", "/api/incidents"):               (401,    200,   200,    200,  401),
     ("GET", "/api/incidents/{incident_id}"): (401,    200,   200,    200,  401),
     ("PATCH", "/api/incidents/{incident_id}"): (401,  403,   200,    200,  401),
+    ("POST", "/api/incidents/bulk"):         (401,    403,   200,    200,  401),
+    ("GET", "/api/incidents/{incident_id}/notes"): (401, 200, 200,   200,  401),
+    ("POST", "/api/incidents/{incident_id}/notes"): (401, 403, 201,  201,  401),
+    ("POST", "/api/incidents/{incident_id}/merge"): (401, 403, 200,  200,  401),
+    ("POST", "/api/incidents/{incident_id}/split"): (401, 403, 201,  201,  401),
+    ("GET", "/api/incidents/{incident_id}/timeline"): (401, 200, 200, 200, 401),
+    ("GET", "/api/incidents/{incident_id}/export"): (401, 200, 200,  200,  401),
+    ("GET", "/api/labels"):                  (401,    200,   200,    200,  401),
+    ("GET", "/api/suppressions"):            (401,    403,   200,    200,  401),
+    ("POST", "/api/suppressions"):           (401,    403,   201,    201,  401),
+    ("GET", "/api/suppressions/suggestions"): (401,   403,   200,    200,  401),
+    ("DELETE", "/api/suppressions/{suppression_id}"): (401, 403, 200, 200, 401),
+    ("GET", "/api/alerts/{alert_id}/explanation"): (401, 200, 200,   200,  401),
+    ("GET", "/api/actions"):                 (401,    200,   200,    200,  401),
+    ("POST", "/api/actions"):                (401,    403,   201,    201,  401),
+    ("GET", "/api/actions/{action_id}"):     (401,    200,   200,    200,  401),
+    ("POST", "/api/actions/{action_id}/approve"): (401, 403, 200,    200,  401),
+    ("POST", "/api/actions/{action_id}/cancel"): (401, 403,  200,    200,  401),
+    ("GET", "/api/blocklist"):               (401,    200,   200,    200,  401),
+    ("POST", "/api/blocklist"):              (401,    403,   201,    201,  401),
+    ("DELETE", "/api/blocklist/{entry_id}"): (401,    403,   200,    200,  401),
+    ("GET", "/api/enforcement/blocklist"):   (401,    401,   401,    401,  200),
+    ("GET", "/api/playbooks"):               (401,    200,   200,    200,  401),
+    ("POST", "/api/playbooks/reload"):       (401,    403,   403,    200,  401),
+    ("GET", "/api/overview"):                (401,    200,   200,    200,  401),
+    ("GET", "/api/map/points"):              (401,    200,   200,    200,  401),
+    ("GET", "/api/graph/entity/{entity_type}/{entity_id}"): (401, 200, 200, 200, 401),
+    ("GET", "/api/graph/communities"):       (401,    200,   200,    200,  401),
+    ("GET", "/api/graph/path"):              (401,    200,   200,    200,  401),
 }  # fmt: skip
 
 
@@ -215,6 +245,73 @@ def _own_refresh_token(env: Env, caller: Caller) -> dict[str, Any]:
     return {"json": {"refresh_token": tokens["refresh_token"]}}
 
 
+def _fresh_suppression_id(env: Env) -> int:
+    from finsecure.alert import suppression as suppression_service
+    from finsecure.alert.schemas import SuppressionCreate
+
+    body = SuppressionCreate(rule_id=f"matrix-{next(env.names)}", reason="matrix suppression")
+    return suppression_service.create(
+        db_session=env.db_session, suppression_in=body, actor=Actor(label="t")
+    ).id
+
+
+def _incident_with_two_alerts(env: Env) -> tuple[int, int]:
+    """An incident and the id of its second alert (which a split can move out)."""
+    incident_id = env.fresh_incident_id()
+    alert_id = env.fresh_alert_id()
+    env.db_session.add(IncidentAlert(incident_id=incident_id, alert_id=alert_id))
+    env.db_session.commit()
+    return incident_id, alert_id
+
+
+def _fresh_action_id(env: Env) -> int:
+    """An action waiting for approval (so that approve and cancel both succeed on it)."""
+    from finsecure.response import service as action_service
+
+    action, _ = action_service.request_action(
+        db_session=env.db_session, key=f"matrix-{next(env.names)}", action_type="block", target_type="entity",
+        target_id="card_id:matrix", params={"entity_type": "card_id", "entity_id": "matrix", "dry_run": True},
+        actor=Actor(label="t"), needs_approval=True,
+    )  # fmt: skip
+    env.db_session.commit()
+    return action.id
+
+
+def _fresh_block_id(env: Env) -> int:
+    from finsecure.response import blocklist
+
+    entry = blocklist.block(
+        db_session=env.db_session, entity_type="card_id", entity_id=f"matrix-{next(env.names)}",
+        reason="matrix", ttl=None, actor=Actor(label="t"),
+    )  # fmt: skip
+    env.db_session.commit()
+    return entry.id
+
+
+def _split(env: Env) -> Request:
+    incident_id, alert_id = _incident_with_two_alerts(env)
+    return Request(f"/api/incidents/{incident_id}/split", {"json": {"alert_ids": [alert_id]}})
+
+
+def _graph_entities(env: Env) -> tuple[str, str]:
+    """Two linked cards in the running platform's entity graph (a card shared one terminal with another)."""
+    n = next(env.names)
+    cards = (f"card-{n}a", f"card-{n}b")
+    graph = env.client.app.state.context.platform.graph  # type: ignore[attr-defined]
+    graph.update(
+        "payment",
+        pl.DataFrame(
+            {"ts": [dt.datetime.now(dt.UTC)] * 2, "card_id": list(cards), "terminal_id": [f"term-{n}"] * 2}
+        ),
+    )
+    return cards
+
+
+def _graph_path(env: Env) -> Request:
+    first, second = _graph_entities(env)
+    return Request("/api/graph/path", {"params": {"from": f"card_id:{first}", "to": f"card_id:{second}"}})
+
+
 #: How to build a request that an allowed caller gets the success code for.
 REQUESTS: dict[tuple[str, str], Callable[[Env, Caller], Request]] = {
     ("GET", "/api/health"): lambda env, c: Request("/api/health"),
@@ -256,13 +353,77 @@ REQUESTS: dict[tuple[str, str], Callable[[Env, Caller], Request]] = {
     ("PATCH", "/api/alerts/{alert_id}"): lambda env, c: Request(
         f"/api/alerts/{env.fresh_alert_id()}", {"json": {"status": "acknowledged"}}
     ),
-    ("GET", "/api/incidents"): lambda env, c: Request("/api/incidents", {"params": {"status": "open"}}),
+    ("GET", "/api/incidents"): lambda env, c: Request("/api/incidents", {"params": {"status": "new"}}),
     ("GET", "/api/incidents/{incident_id}"): lambda env, c: Request(
         f"/api/incidents/{env.fresh_incident_id()}"
     ),
     ("PATCH", "/api/incidents/{incident_id}"): lambda env, c: Request(
         f"/api/incidents/{env.fresh_incident_id()}", {"json": {"status": "investigating"}}
     ),
+    ("POST", "/api/incidents/bulk"): lambda env, c: Request(
+        "/api/incidents/bulk", {"json": {"incident_ids": [env.fresh_incident_id()], "status": "triaged"}}
+    ),
+    ("GET", "/api/incidents/{incident_id}/notes"): lambda env, c: Request(
+        f"/api/incidents/{env.fresh_incident_id()}/notes"
+    ),
+    ("POST", "/api/incidents/{incident_id}/notes"): lambda env, c: Request(
+        f"/api/incidents/{env.fresh_incident_id()}/notes", {"json": {"text": "matrix note"}}
+    ),
+    ("POST", "/api/incidents/{incident_id}/merge"): lambda env, c: Request(
+        f"/api/incidents/{env.fresh_incident_id()}/merge",
+        {"json": {"incident_ids": [env.fresh_incident_id()]}},
+    ),
+    ("POST", "/api/incidents/{incident_id}/split"): lambda env, c: _split(env),
+    ("GET", "/api/incidents/{incident_id}/timeline"): lambda env, c: Request(
+        f"/api/incidents/{env.fresh_incident_id()}/timeline"
+    ),
+    ("GET", "/api/incidents/{incident_id}/export"): lambda env, c: Request(
+        f"/api/incidents/{env.fresh_incident_id()}/export"
+    ),
+    ("GET", "/api/labels"): lambda env, c: Request("/api/labels", {"params": {"size": 10}}),
+    ("GET", "/api/suppressions"): lambda env, c: Request("/api/suppressions"),
+    ("POST", "/api/suppressions"): lambda env, c: Request(
+        "/api/suppressions", {"json": {"rule_id": "matrix", "reason": "matrix suppression"}}
+    ),
+    ("GET", "/api/suppressions/suggestions"): lambda env, c: Request("/api/suppressions/suggestions"),
+    ("DELETE", "/api/suppressions/{suppression_id}"): lambda env, c: Request(
+        f"/api/suppressions/{_fresh_suppression_id(env)}"
+    ),
+    ("GET", "/api/alerts/{alert_id}/explanation"): lambda env, c: Request(
+        f"/api/alerts/{env.fresh_alert_id()}/explanation"
+    ),
+    ("GET", "/api/actions"): lambda env, c: Request("/api/actions", {"params": {"status": "pending"}}),
+    ("POST", "/api/actions"): lambda env, c: Request(
+        "/api/actions",
+        {"json": {"action_type": "block", "entity_type": "card_id", "entity_id": "matrix", "dry_run": True}},
+    ),
+    ("GET", "/api/actions/{action_id}"): lambda env, c: Request(f"/api/actions/{_fresh_action_id(env)}"),
+    ("POST", "/api/actions/{action_id}/approve"): lambda env, c: Request(
+        f"/api/actions/{_fresh_action_id(env)}/approve"
+    ),
+    ("POST", "/api/actions/{action_id}/cancel"): lambda env, c: Request(
+        f"/api/actions/{_fresh_action_id(env)}/cancel"
+    ),
+    ("GET", "/api/blocklist"): lambda env, c: Request(
+        "/api/blocklist", {"params": {"entity_type": "card_id"}}
+    ),
+    ("POST", "/api/blocklist"): lambda env, c: Request(
+        "/api/blocklist",
+        {"json": {"entity_type": "card_id", "entity_id": f"matrix-{c.kind}", "reason": "matrix block"}},
+    ),
+    ("DELETE", "/api/blocklist/{entry_id}"): lambda env, c: Request(f"/api/blocklist/{_fresh_block_id(env)}"),
+    ("GET", "/api/enforcement/blocklist"): lambda env, c: Request("/api/enforcement/blocklist"),
+    ("GET", "/api/playbooks"): lambda env, c: Request("/api/playbooks"),
+    ("POST", "/api/playbooks/reload"): lambda env, c: Request("/api/playbooks/reload"),
+    ("GET", "/api/overview"): lambda env, c: Request("/api/overview"),
+    ("GET", "/api/map/points"): lambda env, c: Request("/api/map/points", {"params": {"limit": 10}}),
+    ("GET", "/api/graph/entity/{entity_type}/{entity_id}"): lambda env, c: Request(
+        f"/api/graph/entity/card_id/{_graph_entities(env)[0]}", {"params": {"hops": 2}}
+    ),
+    ("GET", "/api/graph/communities"): lambda env, c: Request(
+        "/api/graph/communities", {"params": {"min_risk": 0}}
+    ),
+    ("GET", "/api/graph/path"): lambda env, c: _graph_path(env),
 }
 
 
@@ -301,6 +462,9 @@ def app(context: AppContext, db_session: Session, tmp_path: Path) -> Iterator[Fa
     try:
         yield application
     finally:
+        # the test's own transaction holds SQLite's write lock until it rolls back: persisting the graph
+        # at stop would only wait out the busy timeout (the graph's persistence has its own tests)
+        platform.graph_sink.session_factory = None
         platform.stop()
 
 

@@ -24,7 +24,7 @@ def _free_port() -> int:
 
 def _get(url: str) -> tuple[int, dict[str, object]]:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - a localhost URL we built
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - a localhost URL we built
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -58,7 +58,8 @@ def test_serve__fresh_data_dir_answers_health_and_sign_in(tmp_path: Path) -> Non
             try:
                 status, body = _get(f"{base}/api/health")
                 break
-            except (urllib.error.URLError, ConnectionError):
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                # not listening yet, or busy starting up (first-batch compilation, first model training)
                 assert proc.poll() is None, proc.communicate()[0]
                 time.sleep(0.2)
         assert status == 200, body
@@ -67,7 +68,7 @@ def test_serve__fresh_data_dir_answers_health_and_sign_in(tmp_path: Path) -> Non
 
         form = urllib.parse.urlencode({"username": "admin", "password": "serve-test-admin-password"}).encode()
         request = urllib.request.Request(f"{base}/api/auth/token", data=form, method="POST")  # noqa: S310
-        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310
             tokens = json.loads(response.read())
         assert tokens["token_type"] == "bearer"
         assert tokens["access_token"]
@@ -81,7 +82,7 @@ def test_serve__fresh_data_dir_answers_health_and_sign_in(tmp_path: Path) -> Non
                 search = urllib.request.Request(  # noqa: S310 - a localhost URL we built
                     f"{base}/api/events/search?domain={domain}&size=1", headers=headers
                 )
-                with urllib.request.urlopen(search, timeout=5) as response:  # noqa: S310
+                with urllib.request.urlopen(search, timeout=15) as response:  # noqa: S310
                     if json.loads(response.read())["items"]:
                         missing.discard(domain)
             time.sleep(0.5)

@@ -11,20 +11,26 @@ from sqlalchemy import Engine
 
 from finsecure import __version__
 from finsecure.alert.views import router as alerts_router
+from finsecure.alert.views import suppressions_router
 from finsecure.audit.views import router as audit_router
 from finsecure.auth.views import apikeys_router, auth_router, users_router
 from finsecure.core.database import create_db_engine, make_session_factory
 from finsecure.core.deps import AppContext
 from finsecure.core.errors import install_error_handlers
 from finsecure.core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
-from finsecure.core.ratelimit import InMemoryRateLimiter
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
+from finsecure.core.shared import make_broadcaster, make_rate_limiter
 from finsecure.event.views import router as events_router
+from finsecure.graph.views import router as graph_router
+from finsecure.incident.views import labels_router
 from finsecure.incident.views import router as incidents_router
 from finsecure.ingest.views import router as ingest_router
+from finsecure.ops.views import install_operations
 from finsecure.platform import Platform
+from finsecure.response.views import actions_router, blocklist_router, enforcement_router, playbooks_router
 from finsecure.system.views import router as system_router
+from finsecure.web import install_web, map_router, overview_router, start_live, stop_live
 
 API_PREFIX = "/api"
 
@@ -39,6 +45,15 @@ ROUTERS: tuple[APIRouter, ...] = (
     ingest_router,
     alerts_router,
     incidents_router,
+    suppressions_router,
+    labels_router,
+    actions_router,
+    blocklist_router,
+    enforcement_router,
+    playbooks_router,
+    overview_router,
+    map_router,
+    graph_router,
 )
 
 
@@ -51,7 +66,7 @@ def build_context(
         engine=engine,
         session_factory=make_session_factory(engine),
         passwords=Passwords(settings),
-        login_limiter=InMemoryRateLimiter(),
+        login_limiter=make_rate_limiter(settings),  # Redis when FINSECURE_REDIS_URL is set
         platform=platform,
     )
 
@@ -63,9 +78,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     started = platform is not None and not platform.pipeline.running
     if platform is not None and started:
         platform.start()
+    if platform is not None:
+        start_live(app)  # the dashboard's live feed samples the data plane
     try:
         yield
     finally:
+        stop_live(app)
         if platform is not None and started:
             platform.stop()
 
@@ -94,6 +112,8 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    # /ws, the live feed and the dashboard at / (before the security headers); Redis fan-out if configured
+    install_web(app, hub=make_broadcaster(settings))
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -103,4 +123,5 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
         )
     app.add_middleware(SecurityHeadersMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    install_operations(app)  # /metrics (outside /api) and request ids in the logs
     return app

@@ -27,7 +27,9 @@ from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
 from finsecure.detection.cli import rules_command_app
 from finsecure.lake.cli import query_command
+from finsecure.ml.cli import evaluate_command, models_app, train_command
 from finsecure.sim.cli import simulate_command
+from finsecure.worker.cli import worker_command
 
 console = Console()
 err_console = Console(stderr=True)
@@ -44,6 +46,10 @@ app.add_typer(apikeys_app, name="apikeys")
 app.command("query")(query_command)
 app.command("simulate")(simulate_command)
 app.add_typer(rules_command_app, name="rules")
+app.command("worker")(worker_command)
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.add_typer(models_app, name="models")
 
 
 def _settings() -> Settings:
@@ -358,7 +364,8 @@ def replay(
             def show(p: DriveProgress) -> None:
                 progress.update(task, events=p.events, rate=p.events_per_s, rejects=p.rejects)
 
-            done = drive(source, platform.pipeline, rate=events_per_s, speedup=speedup, on_progress=show)
+            target = platform.bus or platform.pipeline  # FINSECURE_BUS_URL: publish for the workers
+            done = drive(source, target, rate=events_per_s, speedup=speedup, on_progress=show)
             show(done)
     finally:
         source.close()

@@ -14,11 +14,14 @@ import pyarrow as pa
 from sqlalchemy.orm import Session, sessionmaker
 
 from finsecure.alert.sink import AlertSink, EntityDetectionStep
+from finsecure.alert.suppression import Suppressor
 from finsecure.core.settings import Settings
 from finsecure.correlation import Correlator
 from finsecure.detection import RuleSet, load_rules
 from finsecure.detection.rule import Rule
 from finsecure.features.step import FeatureStep
+from finsecure.graph.sink import GraphSink
+from finsecure.graph.store import GraphStore
 from finsecure.ingest.normalise import Normaliser
 from finsecure.ingest.sources import canonical_mapping
 from finsecure.lake.sinks import DeadLetterSink, LakeSink, ScoredEventSink
@@ -26,6 +29,10 @@ from finsecure.lake.writer import LakeWriter
 from finsecure.pipeline.batch import Sink, Source, Step
 from finsecure.pipeline.drive import drive
 from finsecure.pipeline.engine import Pipeline, PipelineStats
+from finsecure.response.blocklist import BlockedFlagStep
+from finsecure.response.worker import ResponseWorker
+from finsecure.system.outbox import DbOutbox
+from finsecure.worker.publish import BusPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +69,14 @@ def _log_hits(hits: pl.DataFrame) -> None:
 
 
 def default_steps(
-    *, on_hits: Callable[[pl.DataFrame], None] | None = None, rules: Sequence[Rule] | None = None
+    *,
+    on_hits: Callable[[pl.DataFrame], None] | None = None,
+    rules: Sequence[Rule] | None = None,
+    scoring: Step | None = None,
+    session_factory: Callable[[], Session] | None = None,
+    deep: Step | None = None,
 ) -> list[Step]:
-    """The steps every event goes through, in order: features, then detection.
+    """The steps every event goes through, in order: features, model scoring (when given), detection.
 
     Parameters
     ----------
@@ -73,9 +85,20 @@ def default_steps(
         by default they are only logged.
     rules
         Defaults to :func:`default_rules`.
+    scoring
+        The model scoring step (:class:`~finsecure.ml.step.ScoringStep`), between features and detection.
+    deep
+        The deep tier's sequence scoring step (:class:`~finsecure.ml.deep.SequenceScoringStep`), after
+        ``scoring``: it reads each entity's history and scores the events the fast tier left uncertain.
+    session_factory
+        When given, a :class:`~finsecure.response.blocklist.BlockedFlagStep` before detection marks the
+        events of blocked entities (a ``blocked`` column).
     """
     rule_set = RuleSet(default_rules() if rules is None else rules)
-    return [FeatureStep(), EntityDetectionStep(rule_set, on_hits or _log_hits)]
+    middle = [step for step in (scoring, deep) if step is not None]
+    if session_factory is not None:
+        middle.append(BlockedFlagStep(session_factory))
+    return [FeatureStep(), *middle, EntityDetectionStep(rule_set, on_hits or _log_hits)]
 
 
 @dataclass
@@ -93,34 +116,112 @@ class Platform:
     pipeline: Pipeline = field(init=False)
     dead_letters: DeadLetterSink = field(init=False)
     alerts: AlertSink = field(init=False)
+    responses: ResponseWorker = field(init=False)
+    """Runs playbooks and response actions on its own thread, fed by :attr:`alerts`."""
+    outbox: DbOutbox = field(init=False)
+    """Keeps scored events, alerts and dead letters while the database is away, and writes them later."""
+    graph: GraphStore = field(init=False)
+    """The live entity graph (fed by :attr:`graph_sink`), for the graph API."""
+    graph_sink: GraphSink = field(init=False)
     _normalisers: dict[str, Normaliser] = field(init=False, default_factory=dict)
     _normaliser_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _demo_thread: threading.Thread | None = field(init=False, default=None)
     _demo_stop: threading.Event = field(init=False, default_factory=threading.Event)
+    bus: BusPublisher | None = field(init=False, default=None)
+    """With ``FINSECURE_BUS_URL``: ingest publishes here for ``finsecure worker`` instead of the pipeline."""
 
     def __post_init__(self) -> None:
         s = self.settings
         self.lake = LakeWriter(s.lake_dir, background=True)
-        self.dead_letters = DeadLetterSink(self.lake, self.session_factory)
-        self.alerts = AlertSink(self.session_factory, correlator=Correlator())
+        self.outbox = DbOutbox(s.data_dir / "outbox")
+        self.dead_letters = DeadLetterSink(self.lake, self.session_factory, outbox=self.outbox)
+        self.alerts = AlertSink(
+            self.session_factory,
+            correlator=Correlator(
+                window_s=s.correlation_window_s,
+                min_severity=s.incident_min_severity,
+                min_rules=s.incident_min_rules,
+            ),
+            suppressor=Suppressor(self.session_factory),
+            storm_clock="event",
+        )
+        self.outbox.register("alerts", self.alerts.deliver)
+        self.responses = ResponseWorker(s, self.session_factory)
+        self.alerts.listeners.append(self.responses.submit)
+        self.graph_sink = GraphSink(session_factory=self.session_factory)
+        self.graph = self.graph_sink.store
         sinks: list[Sink] = [
             LakeSink(self.lake),
-            ScoredEventSink(self.session_factory, s.store_score_threshold),
+            ScoredEventSink(self.session_factory, s.store_score_threshold, outbox=self.outbox),
+            self.graph_sink,
             *self.extra_sinks,
         ]
         self.pipeline = Pipeline(
-            list(self.steps) if self.steps is not None else default_steps(on_hits=self._on_hits),
+            list(self.steps)
+            if self.steps is not None
+            else default_steps(
+                on_hits=self._on_hits,
+                scoring=self._scoring_step(),
+                session_factory=self.session_factory,
+                deep=self._deep_step(),
+            ),
             sinks,
             max_rows=s.pipeline_max_rows,
             max_age_s=s.pipeline_max_age_ms / 1000.0,
             queue_chunks=s.pipeline_queue_chunks,
             dead_letter_sink=self._write_dead_letters,
         )
+        if s.bus_url:
+            self.bus = BusPublisher(s.bus_url, partitions=s.bus_partitions, rejects_to=self.pipeline)
 
     def _on_hits(self, hits: pl.DataFrame) -> None:
-        self.alerts(hits)
+        try:
+            self.outbox.submit("alerts", hits)  # kept and retried while the database is away
+        except Exception:
+            self.alerts.errors += 1
+            logger.exception("could not store %d rule hits as alerts", hits.height)
         for observe in self.hit_observers:
             observe(hits)
+
+    def _scoring_step(self) -> Step:
+        from finsecure.ml.step import ScoringStep, registry_resolver
+
+        return ScoringStep(
+            registry_resolver(self.session_factory),
+            reload_interval_s=self.settings.ml_reload_interval_s,
+            on_drift=self._record_drift,
+        )
+
+    def _record_drift(self, rows: list[tuple[str, int, str, float]]) -> None:
+        """Population-stability index per model input and score, into ``system_metrics``."""
+        from finsecure.system.models import SystemMetric
+
+        with self.session_factory() as session, session.begin():
+            session.add_all(
+                SystemMetric(
+                    name="model_psi", value=value, labels={"model": name, "version": version, "feature": f}
+                )
+                for name, version, f, value in rows
+            )
+
+    def _deep_step(self) -> Step | None:
+        """The deep tier, when sequence models are in ``<data_dir>/deep`` (``bench/deep.py train``)."""
+        from finsecure.ml.deep import DEFAULT_BAND, SequenceScoringStep
+
+        try:
+            return SequenceScoringStep.from_folder(self.settings.data_dir / "deep", band=DEFAULT_BAND)
+        except Exception:  # the deep tier simply stays off; the rest of the platform runs
+            logger.exception("could not load the deep tier's models; sequence scoring is off")
+            return None
+
+    def _bootstrap_models(self) -> None:
+        """First start: train and promote the fast tier on simulated data when nothing is in production."""
+        from finsecure.ml.bootstrap import ensure_models
+
+        try:
+            ensure_models(self.session_factory, self.settings.data_dir)
+        except Exception:  # scoring simply stays off; the rest of the platform runs
+            logger.exception("could not train the first models; events flow unscored")
 
     def _write_dead_letters(self, table: pa.Table) -> None:
         self.dead_letters.write(table)
@@ -146,7 +247,17 @@ class Platform:
                     correlator.warm_up(db_session=session)
             except Exception:  # a cold correlator only means fewer joins until the window refills
                 logger.exception("could not reload open incidents for correlation")
+        try:
+            self.graph_sink.load()
+        except Exception:  # an empty graph only means fewer links until the stream refills it
+            logger.exception("could not reload the entity graph")
+        self.outbox.start()
+        self.responses.start()
         self.pipeline.start()
+        if self.settings.ml_bootstrap and self.steps is None:
+            threading.Thread(
+                target=self._bootstrap_models, name="finsecure-ml-bootstrap", daemon=True
+            ).start()
         if self.demo_source is not None and self.settings.demo_stream:
             source = self.demo_source(self.settings)
             self._demo_thread = threading.Thread(
@@ -170,5 +281,10 @@ class Platform:
         if self._demo_thread is not None:
             self._demo_thread.join(timeout)
         stats = self.pipeline.stop(drain=True, timeout=timeout)
+        # what the database cannot take now stays on disk for the next start
+        self.outbox.close(timeout=min(timeout, 10.0) if timeout is not None else 10.0)
+        self.responses.stop(timeout=10.0)  # pending retries stay in the table for the next start
         self.lake.close()
+        if self.bus is not None:
+            self.bus.close()
         return stats

@@ -149,3 +149,17 @@ def test_entity_detection_step__hits_carry_event_entities() -> None:
     assert hits.height == 1
     assert hits.select("entity_id", "ctx__user_id", "ctx__device_id").row(0) == ("user-1", "user-1", "dev-9")
     assert with_context(hits.head(0), frame).height == 0
+
+
+def test_alert_sink__storm_cap_in_event_time_follows_the_events_minutes(db_session: Session) -> None:
+    rule = uid("rule")
+    sink = AlertSink(
+        session_factory(db_session), storm_cap_per_minute=3, storm_clock="event", clock=lambda: 0.0
+    )
+    # a replay: five hits in each of two event minutes arrive within the same wall-clock instant
+    frame = hits_frame(*[hit(rule_id=rule, entity_id=f"c{i}", minutes=i // 5) for i in range(10)])
+    result = sink.write(frame)
+    assert (result.dropped, result.inserted) == (4, 6)
+    assert sink.write(hits_frame(hit(rule_id=rule, entity_id="again", minutes=1))).dropped == 1
+    assert sink.write(hits_frame(hit(rule_id=rule, entity_id="later", minutes=2))).inserted == 1
+    assert sink.dropped == {rule: 5}

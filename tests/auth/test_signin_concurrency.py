@@ -51,9 +51,7 @@ def test_authenticate__survives_a_commit_during_the_hash_check(tmp_path: Path) -
         def pipeline_commit() -> None:
             try:
                 with session_scope(factory) as other:
-                    other.execute(
-                        text("UPDATE users SET full_name = 'elsewhere' WHERE username = 'ana'")
-                    )
+                    other.execute(text("UPDATE users SET full_name = 'elsewhere' WHERE username = 'ana'"))
             except BaseException as exc:  # pragma: no cover - asserted below
                 errors.append(exc)
 

@@ -12,7 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from finsecure.alert.models import Alert, AlertStatus
-from finsecure.alert.schemas import AlertSort, AlertUpdate
+from finsecure.alert.schemas import AlertExplanation, AlertSort, AlertUpdate, MatchedEvent
 from finsecure.audit import service as audit_service
 from finsecure.audit.service import Actor
 from finsecure.core.database import fetch_page, utcnow
@@ -233,4 +233,54 @@ def update(*, db_session: Session, alert: Alert, alert_in: AlertUpdate, actor: A
     return alert
 
 
-__all__ = ["ALERT_TRANSITIONS", "SEVERITY_SCORE", "UpsertResult", "get", "get_all", "update", "upsert_groups"]
+def explain(*, db_session: Session, alert: Alert) -> AlertExplanation:
+    """The alert's explanation with the stored events it names (features and model contributions)."""
+    from finsecure.event.models import StoredEvent
+
+    ids = [str(e) for e in (alert.event_ids or [])]
+    events = (
+        db_session.scalars(
+            select(StoredEvent).where(StoredEvent.event_id.in_(ids)).order_by(StoredEvent.ts)
+        ).all()
+        if ids
+        else []
+    )
+    matched = [
+        MatchedEvent(
+            event_id=e.event_id, ts=e.ts, domain=e.domain, source=e.source, score=e.score,
+            model_explanation=e.explanation,
+            features={k: v for k, v in (e.payload or {}).items() if "__" in k},
+            fields={k: v for k, v in (e.payload or {}).items() if "__" not in k},
+        )
+        for e in events
+    ]  # fmt: skip
+    explanation = alert.explanation or {}
+    kind = (alert.entity_type or "entity").removesuffix("_id")
+    about = f" about {kind} {alert.entity_id}" if alert.entity_id else ""
+    times = "once" if alert.count == 1 else f"{alert.count} times"
+    span = (
+        ""
+        if alert.count == 1
+        else f" between {alert.first_seen:%Y-%m-%d %H:%M} and {alert.last_seen:%H:%M} UTC"
+    )
+    summary = f"'{alert.title}' fired {times}{about}{span}."
+    if explanation.get("text"):
+        summary += f" {explanation['text']}"
+    return AlertExplanation(
+        alert_id=alert.id, rule_id=alert.rule_id, title=alert.title, severity=alert.severity, summary=summary,
+        rule_hits=alert.count, first_text=explanation.get("text"), latest_text=explanation.get("latest"),
+        entities=explanation.get("entities") or {}, matched_events=matched,
+        events_not_stored=len(set(ids) - {m.event_id for m in matched}),
+    )  # fmt: skip
+
+
+__all__ = [
+    "ALERT_TRANSITIONS",
+    "SEVERITY_SCORE",
+    "UpsertResult",
+    "explain",
+    "get",
+    "get_all",
+    "update",
+    "upsert_groups",
+]

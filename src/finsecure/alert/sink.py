@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 from sqlalchemy.orm import Session
@@ -26,6 +26,7 @@ from finsecure.detection.engine import DetectionStep
 from finsecure.pipeline.batch import Batch
 
 if TYPE_CHECKING:
+    from finsecure.alert.suppression import Suppressor
     from finsecure.correlation.engine import Correlator
 
 __all__ = [
@@ -104,6 +105,7 @@ class AlertWriteResult:
 
     hits: int = 0
     dropped: int = 0
+    suppressed: int = 0
     inserted: int = 0
     updated: int = 0
     alert_ids: list[int] = field(default_factory=list)
@@ -127,6 +129,13 @@ class AlertSink:
         Hits kept per rule per minute; the rest are counted in :attr:`dropped` and logged, never queued.
     clock
         Monotonic seconds (tests pass a fake).
+    storm_clock
+        Which minute the storm cap counts in: ``"wall"`` (the clock's) or ``"event"`` (the minute of each
+        hit's event time). Live they agree; a replay or backfill runs days in minutes, and a wall-clock cap
+        would drop hits that would never have been dropped live (and lose them from the alerts' evidence),
+        so the platform counts in event time. Grouping into alerts bounds the database work either way.
+    suppressor
+        Drops hits covered by analysts' suppressions before they are stored (counted in ``suppressed``).
     """
 
     def __init__(
@@ -138,13 +147,17 @@ class AlertSink:
         max_event_ids: int = 50,
         storm_cap_per_minute: int = 1000,
         clock: Callable[[], float] = time.monotonic,
+        suppressor: Suppressor | None = None,
+        storm_clock: Literal["wall", "event"] = "wall",
     ) -> None:
         self.session_factory = session_factory
+        self.suppressor = suppressor
         self.correlator = correlator
         self.bucket_s = bucket_s
         self.max_event_ids = max_event_ids
         self.storm_cap_per_minute = storm_cap_per_minute
         self.clock = clock
+        self.storm_clock = storm_clock
         self.dropped: dict[str, int] = {}
         self.errors = 0
         self.calls = 0
@@ -152,18 +165,74 @@ class AlertSink:
         self.max_cost_s = 0.0
         self._minute = -1
         self._used: dict[str, int] = {}
+        self._used_at: dict[tuple[str, int], int] = {}  # (rule, event minute) -> hits kept
         self._lock = threading.Lock()
+        #: Told what each successful write did (e.g. the dashboard's live feed); must not block.
+        self.listeners: list[Callable[[AlertWriteResult], None]] = []
 
     def __call__(self, hits: pl.DataFrame) -> None:
         """Write ``hits``; a failure is logged and counted, never raised into the pipeline."""
         try:
-            self.write(hits)
+            self.deliver(hits)
         except Exception:
             self.errors += 1
             logger.exception("could not store %d rule hits as alerts", hits.height)
 
+    def deliver(self, hits: pl.DataFrame) -> AlertWriteResult:
+        """:meth:`write`, then tell the listeners; raises what :meth:`write` raises (the platform's
+        database outbox retries it when the database is away)."""
+        try:
+            result = self.write(hits)
+        except Exception:
+            if self.correlator is not None:
+                self.correlator.reset()  # a failed commit may leave it naming rows that are rolled back
+            raise
+        for listener in list(self.listeners):
+            try:
+                listener(result)
+            except Exception:
+                logger.exception("an alert listener failed")
+        return result
+
+    def _cap_event_time(self, hits: pl.DataFrame) -> pl.DataFrame:
+        """Keep at most ``storm_cap_per_minute`` hits per rule and minute of event time."""
+        minute = (pl.col("ts").dt.epoch("s") // 60).alias("minute")
+        per = hits.group_by("rule_id", minute).len()
+        budgets = {
+            (r, m): self.storm_cap_per_minute - self._used_at.get((r, m), 0) for r, m, _ in per.iter_rows()
+        }
+        for rule_id, m, n in per.iter_rows():
+            self._used_at[(rule_id, m)] = self._used_at.get((rule_id, m), 0) + n
+        newest = max(m for _, m in budgets)
+        if len(self._used_at) > 10_000:  # forget minutes an hour behind the newest
+            self._used_at = {k: v for k, v in self._used_at.items() if k[1] >= newest - 60}
+        if all(budgets[(r, m)] >= n for r, m, n in per.iter_rows()):
+            return hits
+        budget = pl.Series("budget", [budgets[(r, m)] for r, m, _ in per.iter_rows()], dtype=pl.Int64)
+        kept = (
+            hits.with_columns(minute)
+            .join(per.select("rule_id", "minute").with_columns(budget), on=["rule_id", "minute"], how="left")
+            .filter(pl.int_range(pl.len()).over("rule_id", "minute") < pl.col("budget"))
+            .drop("minute", "budget")
+        )
+        for rule_id, m, n in per.iter_rows():
+            over = n - max(budgets[(rule_id, m)], 0)
+            if over > 0:
+                first = rule_id not in self.dropped
+                self.dropped[rule_id] = self.dropped.get(rule_id, 0) + over
+                if first or budgets[(rule_id, m)] > 0:
+                    logger.warning(
+                        "rule %s fired more than %d times in one minute of events: %d hits dropped so far",
+                        rule_id,
+                        self.storm_cap_per_minute,
+                        self.dropped[rule_id],
+                    )
+        return kept
+
     def _cap(self, hits: pl.DataFrame) -> pl.DataFrame:
         """Keep at most ``storm_cap_per_minute`` hits per rule in the current minute."""
+        if self.storm_clock == "event":
+            return self._cap_event_time(hits)
         minute = int(self.clock() // 60)
         if minute != self._minute:
             self._minute, self._used = minute, {}
@@ -197,8 +266,13 @@ class AlertSink:
         if hits.height == 0:
             return result
         with self._lock:  # one writer at a time: the correlator's state is not shared across threads
-            kept = self._cap(hits)
-            result.dropped = hits.height - kept.height
+            kept = hits
+            if self.suppressor is not None:  # before the storm cap: suppressed hits use no budget
+                kept = self.suppressor.apply(hits)
+                result.suppressed = hits.height - kept.height
+            capped = self._cap(kept) if kept.height else kept
+            result.dropped = kept.height - capped.height
+            kept = capped
             if kept.height == 0:
                 return result
             groups = group_hits(kept, bucket_s=self.bucket_s)

@@ -212,14 +212,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Imported here: the middleware module imports this one.
         from finsecure.core.middleware import security_headers
+        from finsecure.system.outbox import is_db_unavailable
 
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
         # Starlette answers unexpected errors from its outermost layer, past SecurityHeadersMiddleware,
         # so this response carries the hardening headers itself.
         headers = {
             name.decode(): value.decode()
             for name, value in security_headers(is_tls=request.url.scheme == "https")
         }
+        if is_db_unavailable(exc):  # an outage, not a bug: say so, and when to come back
+            logger.warning(
+                "database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__
+            )
+            return JSONResponse(
+                error_body("database_unavailable", "The database is not answering; retry in a few seconds"),
+                status_code=503,
+                headers={**headers, "Retry-After": "5"},
+            )
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(
             error_body("internal_error", "Something went wrong on our side; it has been logged"),
             status_code=500,

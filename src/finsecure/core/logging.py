@@ -5,8 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from contextvars import ContextVar
 
 from finsecure.core.settings import Settings
+
+#: The id that ties together every log line of one request or one worker batch (``X-Request-ID``).
+correlation_id: ContextVar[str | None] = ContextVar("finsecure_correlation_id", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,6 +21,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if (current := correlation_id.get()) is not None:
+            payload["correlation_id"] = current
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return json.dumps(payload, default=str)

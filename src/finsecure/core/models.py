@@ -1,15 +1,16 @@
 """Imports every table so that ``Base.metadata`` is complete (for Alembic and tests)."""
 
 from finsecure.alert.models import Alert
+from finsecure.alert.suppression import Suppression
 from finsecure.audit.models import AuditEntry
 from finsecure.auth.models import ApiKey, RefreshToken, User
 from finsecure.core.database import Base
 from finsecure.entity.models import Edge, Entity
 from finsecure.event.models import StoredEvent
-from finsecure.incident.models import Incident, IncidentAlert
+from finsecure.incident.models import Incident, IncidentAlert, IncidentNote
 from finsecure.ingest.models import DeadLetter
 from finsecure.model.models import ModelVersion
-from finsecure.response.models import ResponseAction
+from finsecure.response.models import BlockEntry, ResponseAction
 from finsecure.rule.models import Rule
 from finsecure.system.models import SystemMetric
 
@@ -19,16 +20,19 @@ __all__ = [
     "Alert",
     "ApiKey",
     "AuditEntry",
+    "BlockEntry",
     "DeadLetter",
     "Edge",
     "Entity",
     "Incident",
     "IncidentAlert",
+    "IncidentNote",
     "ModelVersion",
     "RefreshToken",
     "ResponseAction",
     "Rule",
     "StoredEvent",
+    "Suppression",
     "SystemMetric",
     "User",
     "metadata",

@@ -95,6 +95,47 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = None
     """Password for the first admin; when unset a one-time password is generated and printed."""
 
+    metrics_token: SecretStr | None = None
+    """When set, ``GET /metrics`` asks for ``Authorization: Bearer <token>``; unset, it is open (keep it
+    on an internal port then)."""
+    redis_url: str = ""
+    """``redis://host:6379/0``: share login limits and live-update fan-out between API processes.
+    Empty (the default): in-process state, right for a single process."""
+    bus_url: str = ""
+    """``nats://host:4222``: ingest publishes to NATS JetStream for ``finsecure worker`` processes instead
+    of running the pipeline in the API process. Empty (the default): the embedded in-process pipeline."""
+    bus_partitions: int = Field(default=8, ge=1, le=1024)
+    """Partitions per domain on the bus; fixed for the life of a stream."""
+
+    response_webhook_secret: SecretStr | None = None
+    """Key that signs outgoing webhooks (HMAC-SHA256); derived from the JWT secret when unset. Give the
+    same value to the receivers."""
+    response_max_attempts: int = Field(default=5, ge=1, le=50)
+    """Attempts of a failing response action (webhook, e-mail) before it goes to the dead letters."""
+    response_backoff_s: float = Field(default=2.0, ge=0.0, le=3600.0)
+    """Wait before the first retry; doubled for each later one."""
+    response_timeout_s: float = Field(default=5.0, gt=0.0, le=120.0)
+    response_dry_run: bool = False
+    """Describe every response action instead of doing it (all playbooks)."""
+    playbooks_dir: Path | None = None
+    """Where the response playbooks are; unset means the ``playbooks/`` shipped beside ``src/``."""
+    smtp_host: str = ""
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "finsecure@localhost"
+    smtp_starttls: bool = False
+
+    ml_bootstrap: bool = True
+    """When no model is in production at start, train the fast tier on a simulated day in the background
+    (about a minute) so that a fresh install scores with real models (docs/decisions/0002-ml-artefacts.md)."""
+    ml_reload_interval_s: float = Field(default=5.0, gt=0.0, le=3600.0)
+    """How often the scoring step checks the registry for newly promoted models."""
+    correlation_window_s: int = Field(default=6 * 3600, ge=60, le=30 * 86400)
+    """Alerts on linked entities within this many seconds join one incident."""
+    incident_min_severity: Literal["low", "medium", "high", "critical"] = "high"
+    """An alert this severe opens an incident on its own; less severe ones wait as building blocks."""
+    incident_min_rules: int = Field(default=2, ge=1, le=10)
+    """Building blocks from this many rules on linked entities open an incident (1: every alert does)."""
+
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:
         secrets = (self.jwt_secret, *self.jwt_previous_secrets)
@@ -123,6 +164,15 @@ class Settings(BaseSettings):
             return self.hash_key.get_secret_value().encode()
         return hashlib.blake2b(
             self.jwt_secret.get_secret_value().encode(), person=b"finsecure-token", digest_size=32
+        ).digest()
+
+    @property
+    def response_webhook_key(self) -> bytes:
+        """The webhook signing key (see :attr:`response_webhook_secret`)."""
+        if self.response_webhook_secret is not None:
+            return self.response_webhook_secret.get_secret_value().encode()
+        return hashlib.blake2b(
+            self.jwt_secret.get_secret_value().encode(), person=b"finsecure-hook", digest_size=32
         ).digest()
 
     @property

@@ -387,6 +387,8 @@ class Pipeline:
         self._max_age_ns = int(max_age_s * 1e9)
         self._queue: queue.Queue[_QueueItem] = queue.Queue(maxsize=queue_chunks)
         self._metrics = _Metrics(self.steps, latency_samples)
+        self.batch_observer: Callable[[str, int, int], None] | None = None
+        """Called from the worker thread after each batch with (domain, processing ns, event latency ns)."""
         self._buffers: dict[tuple[Domain, str], _Buffer] = {}
         self._seq = 0
         self._abandon = False
@@ -908,7 +910,16 @@ class Pipeline:
             elif not failed:
                 m.dropped += 1
         m.batch_latency.add(finished - started)
-        m.event_latency.add(time.monotonic_ns() - batch.arrived_ns)
+        waited_ns = time.monotonic_ns() - batch.arrived_ns
+        m.event_latency.add(waited_ns)
+        observer = self.batch_observer
+        if observer is not None:
+            elapsed_ns = finished - started
+            self._guard(
+                "observing a batch",
+                "batch_observer",
+                lambda: observer(batch.domain.value, elapsed_ns, waited_ns),
+            )
 
     def _fail(self, batch: Batch, kind: str, where: str, exc: Exception) -> None:
         self._metrics.error(where)

@@ -398,7 +398,7 @@ def evaluate_simulated(
     )
     with tempfile.TemporaryDirectory(prefix="finsecure-eval-") as tmp:
         run_settings = settings.model_copy(
-            update={"data_dir": Path(tmp), "database_url": None, "demo_stream": False}
+            update={"data_dir": Path(tmp), "database_url": None, "demo_stream": False, "ml_bootstrap": False}
         )
         engine = create_db_engine(run_settings.resolved_database_url)
         try:
