@@ -33,6 +33,15 @@ def test_score_campaigns__one_incident_with_every_domain_is_complete() -> None:
     assert outcome.time_to_detect_s == pytest.approx(0.75)  # the payment alert completed it
 
 
+def test_score_campaigns__a_waiting_building_block_counts_from_the_event_that_completed_it() -> None:
+    # the sign-in alert waited as a building block; the payment opened the incident and both joined at once
+    alerts = [AlertRecord(1, "auth", ("c1-e0",), 9, 50.0), AlertRecord(2, "payment", ("c1-e2",), 9, 50.0)]
+
+    [outcome] = score_campaigns([_campaign()], alerts, {"c1-e0": 10.0, "c1-e2": 49.5})
+
+    assert outcome.time_to_detect_s == pytest.approx(0.5)
+
+
 def test_score_campaigns__split_across_two_incidents_is_not_complete() -> None:
     alerts = [AlertRecord(1, "auth", ("c1-e0",), 9, 1.0), AlertRecord(2, "payment", ("c1-e2",), 10, 2.0)]
 

@@ -8,9 +8,9 @@ campaign recall
     **every domain the campaign touched**. Looser shares are reported beside it (any alert at all; one
     incident whatever its domains) so a miss can be told from a split or a partial view.
 time to detect
-    For each complete campaign, the wall-clock time from the arrival of the last event it took
-    (the newest event of the alert that completed the incident) to the moment that alert joined the
-    incident; p50 and p95 over campaigns, in seconds. The replay runs as fast as the pipeline takes
+    For each complete campaign, the wall-clock time from the arrival of the last event the incident
+    needed (the newest campaign event of the alerts it held when it became complete) to that moment;
+    p50 and p95 over campaigns, in seconds. The replay runs as fast as the pipeline takes
     events (or at ``rate``), so this includes queueing under load.
 false incidents per 100 k events
     Incidents none of whose alerts touch a campaign event, per 100,000 background (unlabelled) events.
@@ -205,27 +205,32 @@ def score_campaigns(
 def _time_to_detect(
     campaign: CampaignTruth, alerts: Iterable[AlertRecord], arrived: Mapping[str, float]
 ) -> float | None:
-    """Delay of the alert that completed the incident: the first alert of each domain joins at some
-    time; the last of those completes it. Its delay runs from the newest of its campaign events that had
-    arrived by then."""
+    """From the last campaign event the incident needed to the moment it was complete.
+
+    The incident is complete when its first alert of each domain the campaign touched has joined (the
+    latest of those joins). The events it needed are the campaign events of every alert that had joined by
+    then; the delay runs from the newest of them that had arrived. (An alert that waited as a building
+    block joins at the same instant as the one that opened the incident, so ties are normal.)
+    """
     own = set(campaign.event_ids)
-    first_by_domain: dict[str, AlertRecord] = {}
-    for alert in alerts:
-        if alert.joined_at is None:
-            continue
-        best = first_by_domain.get(alert.domain)
-        if best is None or (best.joined_at is not None and alert.joined_at < best.joined_at):
-            first_by_domain[alert.domain] = alert
+    joined = [a for a in alerts if a.joined_at is not None]
+    first_by_domain: dict[str, float] = {}
+    for alert in joined:
+        at = alert.joined_at or 0.0
+        first_by_domain[alert.domain] = min(at, first_by_domain.get(alert.domain, at))
     if not first_by_domain:
         return None
-    completing = max(first_by_domain.values(), key=lambda a: a.joined_at or 0.0)
-    joined = completing.joined_at or 0.0
+    complete = max(first_by_domain.values())
     arrivals = [
-        arrived[e] for e in completing.event_ids if e in own and e in arrived and arrived[e] <= joined
+        arrived[e]
+        for alert in joined
+        if (alert.joined_at or 0.0) <= complete
+        for e in alert.event_ids
+        if e in own and e in arrived and arrived[e] <= complete
     ]
     if not arrivals:
         return None
-    return max(0.0, joined - max(arrivals))
+    return max(0.0, complete - max(arrivals))
 
 
 # --- the run ---------------------------------------------------------------------------------------
