@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from finsecure.core.settings import Settings, get_settings
+from finsecure.correlation import Correlator
 
 console = Console(stderr=True)
 
@@ -99,6 +100,11 @@ def worker_command(
         lake_dir=settings.lake_dir,
         session_factory=make_session_factory(engine),
         store_score_threshold=settings.store_score_threshold,
+        correlator_factory=lambda: Correlator(
+            window_s=settings.correlation_window_s,
+            min_severity=settings.incident_min_severity,
+            min_rules=settings.incident_min_rules,
+        ),
         options=WorkerOptions(
             commit_every_s=commit_every_s,
             ack_wait_s=ack_wait_s,

@@ -127,6 +127,8 @@ class Worker:
     rules: Sequence[Rule] | None = None
     steps_factory: Callable[[Callable[[pl.DataFrame], None]], list[Step]] | None = None
     engine: Engine | None = None
+    correlator_factory: Callable[[], Correlator] = Correlator
+    """Makes the correlator (``finsecure worker`` passes one built from the settings)."""
     runners: dict[int, PartitionRunner] = field(init=False, default_factory=dict)
     _locks: dict[int, PartitionLock] = field(init=False, default_factory=dict)
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
@@ -148,7 +150,7 @@ class Worker:
         """Connect and take every free partition it was given."""
         self._loop = BusLoop("finsecure-worker-bus")
         self._bus = make_bus(self.bus) if isinstance(self.bus, str) else self.bus
-        self.alerts = AlertSink(self.session_factory, correlator=Correlator())
+        self.alerts = AlertSink(self.session_factory, correlator=self.correlator_factory())
         self.metrics.watch_alerts(self.session_factory, self.alerts)
         if self.rules is None:
             self.rules = default_rules()
