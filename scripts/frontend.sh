@@ -14,9 +14,19 @@ CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 log() { printf '[frontend] %s\n' "$*"; }
 die() { printf '[frontend] ERROR: %s\n' "$*" >&2; exit 1; }
 
+install_node() {
+  # Debian/Ubuntu: the distribution's Node.js (18+ builds this dashboard); only as root, never silently
+  command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] || return 1
+  log "Node.js/npm not found: installing nodejs and npm with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+}
+
 need_node() {
-  command -v node >/dev/null 2>&1 || die "Node.js 20 or newer is needed (https://nodejs.org or apt-get install nodejs npm)"
-  command -v npm >/dev/null 2>&1 || die "npm is needed next to Node.js"
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    install_node || true
+  fi
+  command -v node >/dev/null 2>&1 || die "Node.js 18 or newer is needed (https://nodejs.org or apt-get install nodejs npm)"
+  command -v npm >/dev/null 2>&1 || die "npm is needed next to Node.js (apt-get install npm)"
   local major
   major=$(node -p 'process.versions.node.split(".")[0]')
   [ "$major" -ge 18 ] || die "Node.js $major is too old: install Node.js 20 or newer"
