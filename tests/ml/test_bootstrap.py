@@ -40,3 +40,35 @@ def test_ensure_models__trains_and_promotes_once_then_the_step_scores(tmp_path: 
         assert pl.Series(out.columns[: frame.width]).to_list() == frame.columns
     finally:
         engine.dispose()
+
+
+def test_ensure_models__a_busy_database_means_try_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from finsecure.ml import bootstrap
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'busy.db'}")
+    try:
+        migrate.upgrade(engine)
+        calls: list[int] = []
+        sleeps: list[float] = []
+
+        def flaky_register(**_: object) -> list[object]:
+            calls.append(1)
+            if len(calls) < 3:
+                raise OperationalError("INSERT INTO models", {}, Exception("database is locked"))
+            return ["registered"]
+
+        monkeypatch.setattr(bootstrap, "fit_simulated", lambda **_: iter([("tier", "validation")]))
+        monkeypatch.setattr(bootstrap, "register_tier", flaky_register)
+        monkeypatch.setattr(bootstrap.time, "sleep", sleeps.append)
+
+        rows = ensure_models(make_session_factory(engine), tmp_path)
+
+        assert rows == ["registered"]
+        assert len(calls) == 3
+        assert sleeps == [2.0, 4.0]
+    finally:
+        engine.dispose()

@@ -11,11 +11,13 @@ scoring step picks the models up at its next registry check; until then events f
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from finsecure.event.schemas import Domain
@@ -164,6 +166,9 @@ def train_simulated(
     return rows
 
 
+_REGISTER_ATTEMPTS = 5
+
+
 def ensure_models(
     session_factory: Callable[[], Session],
     data_dir: Path,
@@ -184,14 +189,24 @@ def ensure_models(
     logger.info("no model in production: training the fast tier on a simulated day")
     rows: list[ModelVersion] = []
     for tier, validation in fit_simulated(kinds=kinds, customers=customers, hours=hours, seed=seed):
-        with session_factory() as session, session.begin():
-            rows += register_tier(
-                db_session=session,
-                data_dir=data_dir,
-                tier=tier,
-                validation=validation,
-                dataset=_dataset(customers, hours, seed),
-                promote=True,
-            )
+        for attempt in range(_REGISTER_ATTEMPTS):
+            try:
+                with session_factory() as session, session.begin():
+                    rows += register_tier(
+                        db_session=session,
+                        data_dir=data_dir,
+                        tier=tier,
+                        validation=validation,
+                        dataset=_dataset(customers, hours, seed),
+                        promote=True,
+                    )
+                break
+            except OperationalError:
+                # SQLite has one writer and the live pipeline writes all the time: a busy database only
+                # means "later" (a version folder left by the failed try is replaced on the next one)
+                if attempt == _REGISTER_ATTEMPTS - 1:
+                    raise
+                logger.warning("the database is busy; registering the first models again shortly")
+                time.sleep(2.0 * 2**attempt)
     logger.info("trained and promoted %d models on simulated data", len(rows))
     return rows
