@@ -61,11 +61,13 @@ bench: $(DEV_STAMP) ## Benchmarks on the shared datasets: prints tables, writes 
 	$(BIN)/python bench/scaleout.py
 	$(BIN)/python bench/graph.py
 
-fuzz: $(DEV_STAMP) services ## A longer schemathesis run over every API operation and role
-	FINSECURE_FUZZ_EXAMPLES=$${FINSECURE_FUZZ_EXAMPLES:-200} FINSECURE_REQUIRE_SERVICES=1 $(BIN)/pytest tests/security/test_fuzz_api.py
+fuzz: $(DEV_STAMP) services ## 10,000 schemathesis cases (FINSECURE_FUZZ_CASES) over every operation, role and database
+	FINSECURE_FUZZ_CASES=$${FINSECURE_FUZZ_CASES:-11000} FINSECURE_FUZZ_REPORT=bench/results/fuzz.json \
+		FINSECURE_REQUIRE_SERVICES=1 $(BIN)/pytest tests/security/test_fuzz_api.py -p no:cacheprovider
 
-soak: $(DEV_STAMP) ## Platform + API for 10 min (SOAK_DURATION=s) under dashboard load: bench/results/soak.{json,svg}
+soak: $(DEV_STAMP) ## Platform + API for 10 min (SOAK_DURATION=s) under dashboard load, then the pipeline's memory replay
 	$(BIN)/python bench/soak.py --duration $${SOAK_DURATION:-600}
+	$(BIN)/python bench/pipeline.py --memory-replay $${SOAK_DURATION:-600}
 
 clean: ## Remove the virtualenv, caches and local data
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

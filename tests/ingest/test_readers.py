@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from finsecure.ingest import readers
 from finsecure.ingest.mapping import ReadSpec
 from finsecure.ingest.readers import (
     OFFSET_COLUMN,
@@ -205,6 +206,59 @@ def test_read_parquet__chunks_gzip_and_tar(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "p.tar", "w") as tar:
         tar.add(tmp_path / "p.parquet", arcname="p.parquet")
     assert _collect(list(read_raw(tmp_path / "p.tar", ReadSpec(format="parquet"))))[0].height == 30
+
+
+def test_read_parquet__reads_row_groups_as_asked(tmp_path: Path) -> None:
+    frame = pl.DataFrame({"a": list(range(30)), "b": [f"x{i}" for i in range(30)]})
+    frame.write_parquet(tmp_path / "small.parquet", row_group_size=7)  # 7, 7, 7, 7, 2
+    chunks = list(read_parquet(tmp_path / "small.parquet", chunk_rows=10, keep={"a"}))
+    assert [c.frame.height for c in chunks] == [7, 7, 7, 9]  # groups merged up to chunk_rows
+    assert [(c.first_offset, c.offset_end) for c in chunks] == [(0, 7), (7, 14), (14, 21), (21, 30)]
+    assert _collect(chunks)[0].columns == ["a", OFFSET_COLUMN]
+    frame.write_parquet(tmp_path / "big.parquet", row_group_size=30)  # one group, bigger than a chunk
+    chunks = list(read_parquet(tmp_path / "big.parquet", chunk_rows=8))
+    assert [c.frame.height for c in chunks] == [8, 8, 8, 6]
+    assert _collect(chunks)[0][OFFSET_COLUMN].to_list() == list(range(30))
+    assert _collect(chunks)[0]["b"].to_list() == frame["b"].to_list()
+
+
+def test_read_parquet__broken_file_names_it(tmp_path: Path) -> None:
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet PAR1")
+    with pytest.raises(ReadError, match=r"bad\.parquet"):
+        list(read_parquet(tmp_path / "bad.parquet"))
+
+
+def test_read_ndjson__chunks_cut_across_read_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(readers, "_READ_SIZE", 37)  # many small reads: chunks span several blocks
+    records = [{"id": i, "s": "y" * (i % 13), "v": None if i % 3 else i / 4} for i in range(100)]
+    lines = [json.dumps(r) for r in records]
+    lines[40] = ""
+    path = tmp_path / "b.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    chunks = list(read_ndjson(path, chunk_rows=7, fields=HINTS))
+    assert [(c.first_offset, c.offset_end) for c in chunks] == [
+        (i, min(i + 7, 100)) for i in range(0, 100, 7)
+    ]
+    frame, rejects = _collect(chunks)
+    assert rejects == []
+    assert frame[OFFSET_COLUMN].to_list() == [i for i in range(100) if i != 40]
+    assert frame["s"].to_list() == [r["s"] for i, r in enumerate(records) if i != 40]
+
+
+def test_read_ndjson__null_tokens_in_text_never_hide_a_field(tmp_path: Path) -> None:
+    # Text values that hold ":null" look like extra null fields to a count of raw tokens: a field
+    # outside the hints must still come out, not be dropped by the fixed-schema fast path.
+    lines = [
+        '{"id": 1, "s": "a:null"}',
+        '{"id": 2, "s": "b: null", "zz": "here"}',
+        '{"id": 3, "s": ":null:null", "v": null}',
+    ]
+    path = tmp_path / "n.ndjson"
+    path.write_text("\n".join(lines) + "\n")
+    frame, rejects = _collect(list(read_ndjson(path, fields=HINTS)))
+    assert rejects == []
+    assert frame["zz"].to_list() == [None, "here", None]
+    assert frame["s"].to_list() == ["a:null", "b: null", ":null:null"]
 
 
 def test_parse_records__ndjson_array_and_gzip() -> None:

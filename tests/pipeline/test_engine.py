@@ -185,6 +185,30 @@ def test_submit__raises_backpressure_when_the_queue_stays_full():
     assert stats.events_in["payment"] == stats.events_out["payment"] == 3
 
 
+def test_submit__records_how_long_a_full_queue_held_it():
+    sink = BlockingSink()
+    pipeline = Pipeline([], [sink], max_rows=1, max_age_s=LONG, queue_chunks=1).start()
+    assert pipeline.stats().submit_wait_p99_ms is None
+    rows = sample_frame("payment", 3)
+    pipeline.submit("payment", rows.slice(0, 1), source="t")
+    assert sink.entered.wait(10)  # the worker is stuck in the sink with row 0
+    pipeline.submit("payment", rows.slice(1, 1), source="t")  # fills the queue
+    blocked = threading.Thread(
+        target=pipeline.submit, args=("payment", rows.slice(2, 1)), kwargs={"source": "t"}
+    )
+    blocked.start()
+    deadline = time.monotonic() + 10
+    while pipeline._inflight == 0 and time.monotonic() < deadline:  # until it waits for room
+        time.sleep(0.001)
+    time.sleep(0.05)  # the third submit can only return once the sink lets go
+    sink.release.set()
+    blocked.join(10)
+    stats = pipeline.stop(timeout=10)
+    assert len(pipeline.submit_wait) == 3
+    assert stats.submit_wait_p99_ms is not None
+    assert pipeline.submit_wait.percentile(100) >= 50  # the blocked one waited for the release
+
+
 def test_stop__drains_everything_submitted_before_it():
     class SlowSink(TestingSink):
         def write(self, batch: Batch) -> None:

@@ -36,9 +36,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+import numpy.typing as npt
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from finsecure.features._numba import kernel
 from finsecure.ingest.deadletter import MAX_RAW_CHARS, dead_letters
 from finsecure.ingest.mapping import ReadSpec
 
@@ -373,17 +376,21 @@ def _drop_invalid_utf8(frame: pl.DataFrame, source: str) -> tuple[pl.DataFrame, 
 
 _Lines = np.ndarray[Any, np.dtype[np.int64]]
 """Positions of the line ends (``\\n``) in a block of bytes."""
+_Blob = bytes | memoryview
+"""A block of whole lines: a read's bytes, or a view of part of them (no copy)."""
 
 
-def _line_ends(blob: bytes) -> _Lines:
+def _line_ends(blob: _Blob) -> _Lines:
     return np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 10)
 
 
-def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[bytes, int, _Lines] | _Reject]:
+def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[_Blob, int, _Lines] | _Reject]:
     """Split a byte stream into blocks of whole lines, ``(blob, first_line, line_ends)``.
 
     A line longer than ``max_line_bytes`` that does not fit in one read is skipped as it streams
-    past (never held in memory whole) and reported as ``(line, reason, head)``.
+    past (never held in memory whole) and reported as ``(line, reason, head)``. The whole lines of a
+    read are a view of it, not a copy: the line a read finishes (begun in the previous read) comes
+    as a block of its own.
     """
     line_no = 0
     carry = b""
@@ -413,11 +420,18 @@ def _line_blocks(stream: IO[bytes], max_line_bytes: int) -> Iterator[tuple[bytes
         if last < 0:
             carry += data
         else:
-            blob = carry + data[: last + 1] if carry or last + 1 < len(data) else data
+            start = 0
+            if carry:
+                start = data.find(b"\n") + 1
+                head = carry + data[:start]
+                yield (head, line_no, np.array([len(head) - 1], dtype=np.int64))
+                line_no += 1
+            if start <= last:
+                blob: _Blob = memoryview(data)[start : last + 1] if start or last + 1 < len(data) else data
+                ends = _line_ends(blob)
+                yield (blob, line_no, ends)
+                line_no += len(ends)
             carry = data[last + 1 :]
-            ends = _line_ends(blob)
-            yield (blob, line_no, ends)
-            line_no += len(ends)
         if len(carry) > max_line_bytes:
             skipping = (len(carry), carry[:MAX_RAW_CHARS])
             carry = b""
@@ -475,7 +489,7 @@ class _NdjsonState:
         self.hints = hints
         self.base = 0  # lines of earlier archive members
         self.next_record = 0  # records yielded so far, for records_path offsets
-        self.pending: list[tuple[bytes, _Lines]] = []
+        self.pending: list[tuple[_Blob, _Lines]] = []
         self.pending_lines = 0
         self.pending_first = 0
         self.rejects: list[_Reject] = []
@@ -503,36 +517,35 @@ class _NdjsonState:
         self.pending_first = self.base
 
     def flush(self, *, force: bool) -> Iterator[RawChunk]:
-        if self.pending_lines < self.chunk_rows and not force:
-            return
-        if not self.pending:
-            return
-        if len(self.pending) == 1:
-            blob, ends = self.pending[0]
-        else:
-            blob = b"".join(part for part, _ in self.pending)
-            shifts = np.cumsum([0] + [len(part) for part, _ in self.pending[:-1]])
-            ends = np.concatenate(
-                [part_ends + shift for (_, part_ends), shift in zip(self.pending, shifts, strict=True)]
-            )
-        first = self.pending_first
-        self.pending, self.pending_lines = [], 0
-        start, line = 0, 0
-        while line < len(ends):
-            stop_line = line + self.chunk_rows
-            if stop_line > len(ends):
-                if not force:
-                    # keep the incomplete tail for the next block
-                    self.pending = [(blob[start:], ends[line:] - start)]
-                    self.pending_lines = len(ends) - line
-                    self.pending_first = first + line
-                    return
-                stop_line = len(ends)
-            stop = int(ends[stop_line - 1]) + 1
-            whole = start == 0 and stop == len(blob)
-            part = blob if whole else blob[start:stop]
-            yield self.chunk(part, first + line, ends[line:stop_line] - start)
-            start, line = stop, stop_line
+        """Yield chunks of ``chunk_rows`` lines from the pending blocks (with ``force``, the rest too).
+
+        A chunk is cut out of the blocks it spans with one copy (a join), never joined whole and sliced
+        again: at several hundred bytes a line, copies are a good part of the reading cost.
+        """
+        while self.pending and (force or self.pending_lines >= self.chunk_rows):
+            parts: list[_Blob] = []
+            part_ends: list[_Lines] = []
+            lines = size = 0
+            while self.pending and lines < self.chunk_rows:
+                blob, ends = self.pending[0]
+                need = self.chunk_rows - lines
+                if len(ends) <= need:
+                    self.pending.pop(0)
+                    taken, taken_ends = blob, ends
+                else:  # the chunk ends inside this block: keep its tail for the next chunk
+                    cut = int(ends[need - 1]) + 1
+                    taken, taken_ends = blob[:cut], ends[:need]
+                    self.pending[0] = (blob[cut:], ends[need:] - cut)
+                parts.append(taken)
+                part_ends.append(taken_ends + size if size else taken_ends)
+                size += len(taken)
+                lines += len(taken_ends)
+            first = self.pending_first
+            self.pending_lines -= lines
+            self.pending_first = first + lines
+            joined = b"".join(parts) if len(parts) > 1 or isinstance(parts[0], memoryview) else parts[0]
+            joined_ends = part_ends[0] if len(part_ends) == 1 else np.concatenate(part_ends)
+            yield self.chunk(joined, first, joined_ends)
 
     def chunk(self, blob: bytes, first_line: int, ends: _Lines) -> RawChunk:
         frame, rejects = _parse_lines(blob, first_line, self.max_line_bytes, ends=ends, hints=self.hints)
@@ -616,45 +629,70 @@ def _only_known_fields(blob: bytes, frame: pl.DataFrame) -> bool:
     text values (counted in ``frame``), plus those inside values of unknown fields. A field whose
     value is null leaves a null in ``frame`` too, so ``:null`` tokens are counted apart. Whatever is
     left over after taking away the fields ``frame`` holds is an unknown field (or a repeated one);
-    every term is at least zero, so "nothing left" proves there is none.
+    every term is at least zero, so "nothing left" proves there is none. (Counting a ``:null`` inside
+    text values where there is none, e.g. across two values, can only leave more over: still safe.)
     """
     text = [name for name, dtype in frame.schema.items() if dtype == pl.String]
     values = frame.height * frame.width - int(sum(frame.null_count().row(0)))
-    left = _colons(blob) - values - sum(_colons_in(frame[name]) for name in text)
+    colons, nulls = _colon_counts(np.frombuffer(blob, dtype=np.uint8))
+    in_text = [_colons_in(frame[name]) for name in text]
+    left = colons - values - sum(found for found, _ in in_text)
     if left > 0:
-        raw_nulls = blob.count(b":null") + blob.count(b": null")
-        left -= raw_nulls - _count_in(frame, text, ":null") - _count_in(frame, text, ": null")
+        left -= nulls - sum(found for _, found in in_text)
     return left == 0
 
 
-def _colons(data: bytes | pa.Buffer) -> int:
-    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == ord(":")))
+@kernel
+def _colon_counts(data: npt.NDArray[np.uint8]) -> tuple[int, int]:
+    """Colons in ``data``, and how many of them start a ``:null`` or ``: null`` token (one pass).
+
+    >>> _colon_counts(np.frombuffer(b'{"a":null,"b": null,"c":"x:nul"}', dtype=np.uint8))
+    (4, 2)
+    """
+    colons = 0
+    nulls = 0
+    size = data.shape[0]
+    for i in range(size):
+        if data[i] != 58:  # ":"
+            continue
+        colons += 1
+        j = i + 1
+        if j < size and data[j] == 32:  # one space
+            j += 1
+        if (
+            j + 3 < size
+            and data[j] == 110  # "n"
+            and data[j + 1] == 117  # "u"
+            and data[j + 2] == 108  # "l"
+            and data[j + 3] == 108  # "l"
+        ):
+            nulls += 1
+    return colons, nulls
 
 
-def _colons_in(column: pl.Series) -> int:
-    """Colons in the text of a column, counted in its Arrow data buffers (faster than per value)."""
-    found = 0
+def _colons_in(column: pl.Series) -> tuple[int, int]:
+    """Colons in the text of a column, and how many of them start a ``:null`` or ``: null`` token,
+    counted in its Arrow data buffers (faster than value by value; a token may be counted across two
+    values, see :func:`_only_known_fields`)."""
+    found = nulls = 0
     exported = column.to_arrow()
     for chunk in exported.chunks if isinstance(exported, pa.ChunkedArray) else [exported]:
         if len(chunk) == 0 or chunk.null_count == len(chunk):
             continue
         if not pa.types.is_large_string(chunk.type):  # another export layout: count value by value
-            counts = pl.Series(chunk).str.count_matches(":", literal=True).sum()
-            found += int(counts or 0)
+            text = pl.Series(chunk).str
+            found += int(text.count_matches(":", literal=True).sum() or 0)
+            nulls += int(text.count_matches(":null", literal=True).sum() or 0)
+            nulls += int(text.count_matches(": null", literal=True).sum() or 0)
             continue
         # large_string buffers: validity, int64 offsets, data; only the bytes between the first and
         # last offset belong to the values
         offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
         start, stop = int(offsets[chunk.offset]), int(offsets[chunk.offset + len(chunk)])
-        found += _colons(chunk.buffers()[2][start:stop])
-    return found
-
-
-def _count_in(frame: pl.DataFrame, columns: list[str], literal: str) -> int:
-    if not columns:
-        return 0
-    counts = frame.select(pl.col(columns).str.count_matches(literal, literal=True).sum())
-    return int(sum(value or 0 for value in counts.row(0)))
+        colons, tokens = _colon_counts(np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[start:stop])
+        found += colons
+        nulls += tokens
+    return found, nulls
 
 
 def _parse_lines(
@@ -998,25 +1036,50 @@ def read_parquet(
     keep: Collection[str] | None = None,
 ) -> Iterator[RawChunk]:
     """Read a Parquet file (or a gzip-compressed or archived one) in chunks of rows (with ``keep``,
-    only those columns)."""
+    only those columns).
+
+    The file is read a few row groups at a time (as many as fit in ``chunk_rows``; a bigger row group
+    alone, then cut in slices), only when the consumer asks for the next chunk: memory holds one
+    such span, however far behind the consumer is.
+    """
     path = Path(path)
     offset = 0
     with _opened(path) as streams:
         for label, stream, kind in streams:
             target: str | bytes = str(path) if kind is None else stream.read()
-            scan = pl.scan_parquet(target, row_index_name=OFFSET_COLUMN, row_index_offset=offset)
-            if keep is not None:
-                scan = scan.select(OFFSET_COLUMN, *(n for n in scan.collect_schema().names() if n in keep))
             try:
-                for batch in scan.collect_batches(chunk_size=chunk_rows):
-                    if batch.height == 0:
-                        continue
-                    frame = batch.with_columns(pl.col(OFFSET_COLUMN).cast(pl.Int64))
-                    first = offset
-                    offset = int(frame[OFFSET_COLUMN][-1]) + 1
-                    yield RawChunk(frame, first, offset)
-            except pl.exceptions.PolarsError as exc:
+                metadata = pq.read_metadata(target if isinstance(target, str) else pa.BufferReader(target))
+                groups = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+                scan = pl.scan_parquet(target)
+                if keep is not None:
+                    scan = scan.select([n for n in scan.collect_schema().names() if n in keep])
+                start = 0
+                for rows in _row_group_spans(groups, chunk_rows):
+                    frame = scan.slice(start, rows).collect()
+                    start += rows
+                    for part in range(0, frame.height, chunk_rows):
+                        piece = frame.slice(part, chunk_rows)
+                        first = offset
+                        offset += piece.height
+                        yield RawChunk(_with_offsets(piece, range(first, offset)), first, offset)
+            except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
                 raise ReadError(f"{label}: cannot read Parquet after row {offset}: {exc}") from None
+
+
+def _row_group_spans(groups: Sequence[int], chunk_rows: int) -> Iterator[int]:
+    """Rows per read: consecutive row groups merged up to ``chunk_rows`` (a bigger group on its own).
+
+    >>> list(_row_group_spans([40, 40, 40, 250, 0, 10], 100))
+    [80, 40, 250, 10]
+    """
+    span = 0
+    for rows in groups:
+        if span and span + rows > chunk_rows:
+            yield span
+            span = 0
+        span += rows
+    if span:
+        yield span
 
 
 def read_raw(

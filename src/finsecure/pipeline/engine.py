@@ -175,6 +175,9 @@ class PipelineStats:
     batch_latency_p99_ms: float | None
     event_latency_p50_ms: float | None
     event_latency_p99_ms: float | None
+    submit_wait_p99_ms: float | None = None
+    """How long :meth:`Pipeline.submit` calls blocked on a full queue (back-pressure), 99th percentile
+    over the last few thousand calls; that wait is part of the event latency too."""
 
 
 class _Metrics:
@@ -194,6 +197,7 @@ class _Metrics:
         self.buffered_rows = 0
         self.batch_latency = LatencyRing(ring_size)
         self.event_latency = LatencyRing(ring_size)
+        self.submit_wait = LatencyRing(ring_size)
 
     def error(self, where: str) -> None:
         with self.lock:
@@ -265,10 +269,32 @@ def _as_domain(domain: Domain | str) -> Domain:
         raise SchemaError(f"unknown domain {domain!r}; expected one of: {valid}") from None
 
 
+def is_canonical_schema(domain: Domain, schema: pl.Schema) -> bool:
+    """Whether ``schema`` is the domain's canonical columns, in order, optionally followed by the source
+    record column ``raw`` (text) on cloud and auth events (:mod:`finsecure.ingest.source_record`).
+
+    >>> with_raw = {d: pl.Schema({**canonical_polars_schema(d), "raw": pl.String}) for d in Domain}
+    >>> is_canonical_schema(Domain.cloud, with_raw[Domain.cloud])
+    True
+    >>> is_canonical_schema(Domain.payment, with_raw[Domain.payment])
+    False
+    """
+    expected = canonical_polars_schema(domain)
+    if schema == expected:
+        return True
+    items = list(schema.items())
+    return (
+        domain in (Domain.cloud, Domain.auth)
+        and len(items) == len(expected) + 1
+        and items[-1] == ("raw", pl.String())
+        and items[:-1] == list(expected.items())
+    )
+
+
 def _check_canonical(domain: Domain, frame: pl.DataFrame) -> None:
     expected = canonical_polars_schema(domain)
     actual = frame.schema
-    if actual == expected:
+    if is_canonical_schema(domain, actual):
         return
     missing = [name for name in expected if name not in actual]
     extra = [name for name in actual if name not in expected]
@@ -503,7 +529,8 @@ class Pipeline:
         if frame.height == 0:
             return
         _check_canonical(key, frame)
-        arrived = time.monotonic_ns() if arrived_ns is None else arrived_ns
+        called = time.monotonic_ns()
+        arrived = called if arrived_ns is None else arrived_ns
         # Counted before the put, so a reader never sees more events out than in.
         self._count_in(key, frame.height)
         try:
@@ -511,6 +538,7 @@ class Pipeline:
         except BaseException:
             self._count_in(key, -frame.height)
             raise
+        self._metrics.submit_wait.add(time.monotonic_ns() - called)
 
     def _count_in(self, domain: Domain, rows: int) -> None:
         with self._metrics.lock:
@@ -658,6 +686,11 @@ class Pipeline:
         """Per-batch event latency: batch end minus the arrival of its oldest row."""
         return self._metrics.event_latency
 
+    @property
+    def submit_wait(self) -> LatencyRing:
+        """Per-:meth:`submit` time spent waiting for room in the queue (back-pressure)."""
+        return self._metrics.submit_wait
+
     def stats(self) -> PipelineStats:
         """A consistent copy of every counter (cheap: safe to call from a metrics endpoint)."""
         m = self._metrics
@@ -697,6 +730,7 @@ class Pipeline:
             batch_latency_p99_ms=m.batch_latency.p99(),
             event_latency_p50_ms=m.event_latency.p50(),
             event_latency_p99_ms=m.event_latency.p99(),
+            submit_wait_p99_ms=m.submit_wait.p99(),
         )
 
     # -- the worker --------------------------------------------------------------------------
