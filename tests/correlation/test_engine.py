@@ -274,3 +274,30 @@ def test_correlator__after_a_reset_the_next_batch_reloads_the_window(db_session:
     correlator.reset()  # as after a failed commit (a locked database)
     sink.write(hits_frame(hit(rule_id=r2, entity_id=card, minutes=5)))
     assert list(_incidents_of(db_session, [r1, r2]).values()) == [{r1, r2}]
+
+
+def test_correlator__alert_about_a_payee_joins_the_receiving_accounts_incident(db_session: Session) -> None:
+    """A mule ring: many customers pay one payee (the collector's account number), and the collector's
+    own account then sends the money on. The payee and the account are one entity."""
+    r1, r2, r3, account = uid("rule"), uid("rule"), uid("rule"), uid("acc")
+    sink = _sink(db_session)
+    sink.write(hits_frame(hit(rule_id=r1, entity_type="user_id", entity_id=uid("user"), minutes=0,
+                              domain="auth", account_id=account)))  # fmt: skip
+    sink.write(hits_frame(hit(rule_id=r2, entity_type="payee_id", entity_id=account, minutes=30)))
+    sink.write(hits_frame(hit(rule_id=r3, entity_type="payee_id", entity_id=uid("acc"), minutes=30)))
+    incidents = _incidents_of(db_session, [r1, r2, r3])
+    assert sorted(map(sorted, incidents.values())) == sorted([sorted([r1, r2]), [r3]])
+
+
+def test_correlator__victims_paying_a_collector_join_its_incident(db_session: Session) -> None:
+    """Victims' own alerts on payments into an account join the incident about that account (the payee
+    is where their money went), in either order; two customers who merely paid the same payee do not."""
+    r1, r2, r3, r4, collector = uid("rule"), uid("rule"), uid("rule"), uid("rule"), uid("acc")
+    sink = _sink(db_session)
+    sink.write(hits_frame(hit(rule_id=r1, entity_type="user_id", entity_id=uid("user"), payee_id=collector)))
+    sink.write(hits_frame(hit(rule_id=r2, entity_type="user_id", entity_id=uid("user"), payee_id=collector)))
+    assert len(_incidents_of(db_session, [r1, r2])) == 2
+    sink.write(hits_frame(hit(rule_id=r3, entity_type="payee_id", entity_id=collector, minutes=20)))
+    sink.write(hits_frame(hit(rule_id=r4, entity_type="user_id", entity_id=uid("user"), minutes=30,
+                              payee_id=collector)))  # fmt: skip
+    assert list(_incidents_of(db_session, [r1, r2, r3, r4]).values()) == [{r1, r2, r3, r4}]

@@ -102,3 +102,55 @@ def test_compile_sigma__field_without_column_reads_the_raw_record(sigma_dir: Pat
     # a batch without the source records: the rule runs and simply does not fire
     plain = sample_frame(Domain.cloud, [{"service": "ecs.amazonaws.com", "action": "RegisterTaskDefinition"}])
     assert RuleSet([rule]).evaluate(Batch(Domain.cloud, plain, "test")).height == 0
+
+
+def test_sigma_report__otrf_records_fire_when_replayed_through_ingest(sigma_dir: Path) -> None:
+    """The cloud feeds keep each record in ``raw`` on the normal ingest path: the same rules fire as
+    when the report attaches the records itself."""
+    from finsecure.ingest.sources import open_source
+
+    if not AAD.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the OTRF data set is missing at {AAD}")
+        pytest.skip("the OTRF data set is not beside this checkout")
+    frames = [chunk.frame for chunk in open_source(AAD, "azure-ad").chunks() if chunk.domain == Domain.cloud]
+    live = pl.concat(frames)
+    assert live.get_column("raw").null_count() == 0
+    replayed = sigma_report(sigma_dir, {Domain.cloud: live})
+    attached = sigma_report(sigma_dir, {Domain.cloud: with_raw(live.drop("raw"), AAD)})
+    fired = {Path(row.path).name: row.fired for row in replayed if row.fired}
+    assert fired == {Path(row.path).name: row.fired for row in attached if row.fired}
+    assert {"azure_app_credential_added.yml", "azure_app_delegated_permissions_all_users.yml"} <= set(fired)
+
+
+def test_sigma_rule__raw_field_fires_on_a_cloudtrail_record_read_by_ingest(
+    sigma_dir: Path, tmp_path: Path
+) -> None:
+    """A rule on a field with no canonical column fires on a CloudTrail file read through the cloudtrail
+    mapping (nothing attached by hand), and the pipeline accepts the batch with its ``raw`` column."""
+    import json
+
+    from finsecure.detection.engine import RuleSet
+    from finsecure.detection.sigma.convert import compile_sigma, sigma_rule_from_path
+    from finsecure.ingest.sources import open_source
+    from finsecure.pipeline.batch import Batch
+    from finsecure.pipeline.engine import is_canonical_schema
+
+    path = next(sigma_dir.rglob("aws_ecs_task_definition_cred_endpoint_query.yml"))
+    rule = compile_sigma(sigma_rule_from_path(path))
+
+    def record(n: int, command: str) -> dict[str, object]:
+        return {
+            "eventID": f"e{n}", "eventTime": "2024-05-06T10:00:00Z", "eventSource": "ecs.amazonaws.com",
+            "eventName": "RegisterTaskDefinition", "awsRegion": "eu-west-1", "sourceIPAddress": "192.0.2.7",
+            "userIdentity": {"type": "IAMUser", "userName": "mallory", "accountId": "123456789012"},
+            "requestParameters": {"containerDefinitions": [{"command": ["sh", "-c", command]}]},
+        }  # fmt: skip
+
+    trail = tmp_path / "trail.json"
+    records = [record(1, "curl $AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"), record(2, "echo hello")]
+    trail.write_text(json.dumps({"Records": records}))
+    [chunk] = [c for c in open_source(trail, "cloudtrail").chunks() if c.frame.height]
+    assert is_canonical_schema(Domain.cloud, chunk.frame.schema)
+    hits = RuleSet([rule]).evaluate(Batch(Domain.cloud, chunk.frame, "test"))
+    assert hits.get_column("event_id").to_list() == ["e1"]

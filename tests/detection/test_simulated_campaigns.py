@@ -88,8 +88,11 @@ def test_sequence_rules__background_only_day_gives_no_hits() -> None:
     assert hits.height == 0, hits.select("rule_id", "entity_id").rows()
 
 
-#: Measured on this run (tune, 2026-11-25): recall 0.935 (43 of 46 campaigns; the 3 mule rings split in two,
-#: see docs/detection.md), every campaign detected, 0 incidents without an attack event among 15,357 events.
+#: Measured on this run (2026-11-25): recall 1.0 (46 of 46 campaigns; 0.935 before payees were linked to
+#: the accounts they pay into: the 3 mule rings split in two, see docs/detection.md), every campaign
+#: detected, 0 incidents without an attack event among 15,357 events. With four times the campaigns in a
+#: small world, 20 campaigns share one incident (attack addresses reused across campaigns; the scorer
+#: does not count that against recall).
 BUSY_MORNING = SimConfig(customers=2_000, duration_s=6 * 3600, seed=11, campaign_scale=4.0)
 
 
@@ -102,5 +105,5 @@ def test_shipped_rules__each_campaign_becomes_one_incident_and_the_background_st
     campaigns = report["campaigns"]
     assert campaigns["n"] >= 40
     assert campaigns["detected_share"] == 1.0
-    assert campaigns["recall"] >= 0.85, campaigns["by_type"]
+    assert campaigns["recall"] >= 0.95, campaigns["by_type"]
     assert report["incidents"]["false"] <= 2, report["rules"]

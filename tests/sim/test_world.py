@@ -47,7 +47,7 @@ def test_build_world__ids_are_unique_tokens(small_world: World) -> None:
         (w.account_ids, "acc_"),
         (w.card_ids, "card_"),
         (w.device_ids, "dev_"),
-        (w.payee_ids, "payee_"),
+        (w.payee_ids, "acc_"),  # a customer is paid into their account number
         (w.merchant_ids, "merch_"),
         (w.terminal_ids, "term_"),
         (w.employee_ids, "emp_"),

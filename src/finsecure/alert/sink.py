@@ -314,11 +314,10 @@ def with_context(hits: pl.DataFrame, frame: pl.DataFrame) -> pl.DataFrame:
     present = [c for c in ENTITY_COLUMNS if c in frame.columns]
     if not present or "event_id" not in frame.columns:
         return hits
-    context = (
-        frame.select("event_id", *[pl.col(c).cast(pl.String).alias(ENTITY_PREFIX + c) for c in present])
-        .join(hits.select("event_id").unique(), on="event_id", how="semi")
-        .unique(subset="event_id", keep="first")
-    )
+    fired = frame.filter(pl.col("event_id").is_in(hits.get_column("event_id").unique().implode()))
+    context = fired.select(
+        "event_id", *[pl.col(c).cast(pl.String).alias(ENTITY_PREFIX + c) for c in present]
+    ).unique(subset="event_id", keep="first")  # the events that fired first, the casts on them only
     return hits.join(context, on="event_id", how="left")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import select, update
@@ -44,6 +44,11 @@ logger = logging.getLogger(__name__)
 OWNED_ENTITIES = ("user_id", "account_id", "card_id", "device_id")
 #: Entities that join alerts only when an alert is about them.
 SHARED_ENTITIES = ("src_ip", "merchant_id", "terminal_id")
+#: Entity types that name another type's entity: a payee is the account the money is paid into (the
+#: payee id is the receiving account's number), so an alert about a payee and the alerts about that
+#: account's own activity share one key — the victims' payments into a mule ring's collecting account
+#: join the collector's own alerts.
+ENTITY_ALIASES = {"payee_id": "account_id"}
 #: An incident in one of these states takes no new alerts: they start a new incident.
 CLOSED_STATUSES = frozenset({IncidentStatus.resolved, IncidentStatus.closed})
 _RANK = {severity: rank for rank, severity in enumerate(Severity)}
@@ -67,10 +72,16 @@ def alert_entity_keys(alert: Alert) -> list[str]:
     >>> a.explanation = {"entities": {"user_id": ["u1", "u2"], "card_id": ["c1"]}}
     >>> alert_entity_keys(a)
     ['device_id:d9', 'card_id:c1']
+
+    An alert about a payee is about the account paid into (:data:`ENTITY_ALIASES`):
+
+    >>> a.entity_type, a.entity_id, a.explanation = "payee_id", "acc_00000042", {}
+    >>> alert_entity_keys(a)
+    ['account_id:acc_00000042']
     """
     keys: list[str] = []
     if alert.entity_type and alert.entity_id:
-        keys.append(f"{alert.entity_type}:{alert.entity_id}")
+        keys.append(f"{ENTITY_ALIASES.get(alert.entity_type, alert.entity_type)}:{alert.entity_id}")
     entities = (alert.explanation or {}).get("entities") or {}
     for name in OWNED_ENTITIES:
         values = entities.get(name) or ()
@@ -84,17 +95,32 @@ def alert_entity_keys(alert: Alert) -> list[str]:
 
 
 def alert_source_keys(alert: Alert) -> list[str]:
-    """The shared places an alert's events came from (addresses, merchants, terminals), as ``~type:id``
-    keys: an alert *about* one of them joins this alert's incident, while two alerts that merely came
-    from the same busy address or shop do not join each other.
+    """The shared places an alert's events came from (addresses, merchants, terminals) and the accounts
+    they paid into (payees, :data:`ENTITY_ALIASES`), as ``~type:id`` keys: an alert *about* one of them
+    joins this alert's incident, while two alerts that merely came from the same busy address or shop, or
+    paid the same payee, do not join each other.
 
-    >>> a = Alert(entity_type="device_id", entity_id="d1",
-    ...           explanation={"entities": {"src_ip": ["10.0.0.1"], "merchant_id": ["m1"]}})
+    >>> details = {"src_ip": ["10.0.0.1"], "merchant_id": ["m1"], "payee_id": ["a7"]}
+    >>> a = Alert(entity_type="device_id", entity_id="d1", explanation={"entities": details})
     >>> alert_source_keys(a)
-    ['~src_ip:10.0.0.1', '~merchant_id:m1']
+    ['~src_ip:10.0.0.1', '~merchant_id:m1', '~account_id:a7']
     """
     entities = (alert.explanation or {}).get("entities") or {}
-    return [f"~{name}:{value}" for name in SHARED_ENTITIES for value in entities.get(name) or ()]
+    keys = [f"~{name}:{value}" for name in SHARED_ENTITIES for value in entities.get(name) or ()]
+    for name, target in ENTITY_ALIASES.items():
+        keys += [f"~{target}:{value}" for value in entities.get(name) or ()]
+    return keys
+
+
+def _about_place(alert: Alert) -> str | None:
+    """The ``type:id`` of the shared place or paid-into account an alert is about, if it is about one."""
+    if not alert.entity_type or not alert.entity_id:
+        return None
+    if alert.entity_type in SHARED_ENTITIES:
+        return f"{alert.entity_type}:{alert.entity_id}"
+    if alert.entity_type in ENTITY_ALIASES:
+        return f"{ENTITY_ALIASES[alert.entity_type]}:{alert.entity_id}"
+    return None
 
 
 class _UnionFind:
@@ -165,6 +191,8 @@ class Correlator:
         self.min_severity = Severity(min_severity)
         self.min_rules = max(1, min_rules)
         self._sequence_rules = None if sequence_rules is None else frozenset(sequence_rules)
+        #: The highest propagated graph risk of ``"<type>:<id>"`` entities (the platform sets it), or None.
+        self.graph_risk: Callable[[Iterable[str]], float] | None = None
         self._entity: dict[str, tuple[int, float]] = {}  # key -> (incident id, last seen, epoch s)
         self._sources: dict[str, dict[int, float]] = {}  # shared place -> {incident id: last seen}
         self._merged: dict[int, int] = {}  # incident id -> the incident it was merged into
@@ -326,8 +354,9 @@ class Correlator:
         in_batch = set(ids)
         about_place: dict[str, list[int]] = {}
         for alert in alerts:
-            if alert.entity_type in SHARED_ENTITIES and alert.entity_id:
-                about_place.setdefault(f"{alert.entity_type}:{alert.entity_id}", []).append(alert.id)
+            place = _about_place(alert)
+            if place is not None:
+                about_place.setdefault(place, []).append(alert.id)
         reached: set[int] = set()  # building blocks (earlier alerts in no incident) linked to this batch
         for alert in alerts:
             node = f"a{alert.id}"
@@ -341,8 +370,9 @@ class Correlator:
                     uf.union(node, f"i{incident:012d}")
                 for other in about_place.get(source[1:], ()):
                     uf.union(node, f"a{other}")
-            if alert.entity_type in SHARED_ENTITIES and alert.entity_id:
-                for incident in self._came_from(f"~{alert.entity_type}:{alert.entity_id}", start):
+            place = _about_place(alert)
+            if place is not None:
+                for incident in self._came_from(f"~{place}", start):
                     candidates.add(incident)
                     uf.union(node, f"i{incident:012d}")
             todo = list(keys)
@@ -482,6 +512,15 @@ class Correlator:
         events.update(e for b in blocks for e in self._pending[b][3])
         return len(events) >= 2
 
+    def _graph_risk_of(self, entities: Iterable[str]) -> float:
+        if self.graph_risk is None:
+            return 0.0
+        try:
+            return self.graph_risk(entities)
+        except Exception:  # graph risk is a bonus term: an incident is never held up by it
+            logger.exception("could not look up the graph risk of an incident's entities")
+            return 0.0
+
     def refresh(self, *, db_session: Session, incident_ids: Iterable[int]) -> None:
         """Recompute title, summary, risk, severity, domains and times of incidents from their alerts."""
         ids = sorted(set(incident_ids))
@@ -507,8 +546,8 @@ class Correlator:
         now = utcnow()
         changes = []
         for incident_id, alert_facts in facts.items():
-            d = describe_incident(alert_facts)
             entities = sorted({f"{a.entity_type}:{a.entity_id}" for a in alert_facts if a.entity_id})
+            d = describe_incident(alert_facts, graph_risk=self._graph_risk_of(entities))
             changes.append(
                 {
                     "id": incident_id, "title": d.title, "summary": d.summary, "severity": d.severity,

@@ -2,10 +2,11 @@
 
 Risk (0 to 100): start from the worst alert's severity (low 20, medium 40, high 60, critical 80); add 5
 for each alert beyond the first (at most 10), 10 for each domain beyond the first (at most 20) and 10
-when a sequence rule completed (the whole story of an attack was seen, not one odd event); never more
-than 100. So one high alert is 60, and a high sign-in alert plus a high payment alert about the
-same customer is 60 + 5 + 10 = 75. The incident's severity follows from its risk: 80 and above critical,
-60 high, 40 medium, below that low.
+when a sequence rule completed (the whole story of an attack was seen, not one odd event), and up to 10
+when one of its entities sits close, in the entity graph, to entities already confirmed as fraud or
+blocked (the propagated graph risk, 0 to 1, times 10); never more than 100. So one high alert is 60,
+and a high sign-in alert plus a high payment alert about the same customer is 60 + 5 + 10 = 75. The
+incident's severity follows from its risk: 80 and above critical, 60 high, 40 medium, below that low.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ ENTITY_LABELS = {
 }
 
 
-def incident_risk(*, max_severity: str, alerts: int, domains: int, sequences: int = 0) -> float:
-    """Risk of an incident from its worst severity, number of alerts and domains, and completed sequences.
+def incident_risk(
+    *, max_severity: str, alerts: int, domains: int, sequences: int = 0, graph_risk: float = 0.0
+) -> float:
+    """Risk of an incident from its worst severity, number of alerts and domains, completed sequences and
+    the propagated graph risk of its entities (0 to 1).
 
     >>> incident_risk(max_severity="high", alerts=1, domains=1)
     60.0
@@ -43,12 +47,15 @@ def incident_risk(*, max_severity: str, alerts: int, domains: int, sequences: in
     100.0
     >>> incident_risk(max_severity="high", alerts=2, domains=2, sequences=1)
     85.0
+    >>> incident_risk(max_severity="high", alerts=1, domains=1, graph_risk=0.5)
+    65.0
     """
     risk = (
         _BASE.get(max_severity, 20.0)
         + 5.0 * min(max(alerts - 1, 0), 2)
         + 10.0 * min(max(domains - 1, 0), 2)
         + (10.0 if sequences > 0 else 0.0)
+        + 10.0 * min(max(graph_risk, 0.0), 1.0)
     )
     return min(risk, 100.0)
 
@@ -122,8 +129,9 @@ def _and(items: Sequence[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def describe_incident(alerts: Sequence[AlertFacts]) -> IncidentDescription:
-    """Title, summary, risk and severity of an incident made of ``alerts`` (at least one).
+def describe_incident(alerts: Sequence[AlertFacts], *, graph_risk: float = 0.0) -> IncidentDescription:
+    """Title, summary, risk and severity of an incident made of ``alerts`` (at least one); ``graph_risk``
+    is the highest propagated graph risk of its entities (see :mod:`finsecure.graph.risk`).
 
     >>> import datetime as dt
     >>> t = dt.datetime(2026, 11, 24, 10, tzinfo=dt.UTC)
@@ -133,8 +141,8 @@ def describe_incident(alerts: Sequence[AlertFacts]) -> IncidentDescription:
     >>> d = describe_incident([a, b])
     >>> d.title
     'User u1: Sign-in from a new device in a new country, and 1 more alert'
-    >>> d.summary.split(".")[0]
-    'User u1: 2 alerts across auth and payment within 40 minutes'
+    >>> print(d.summary)
+    2 alerts across auth and payment within 40 minutes. Also: Large transfer, many times the customer's usual.
     >>> d.risk, d.severity.value
     (75.0, 'high')
     """
@@ -146,7 +154,11 @@ def describe_incident(alerts: Sequence[AlertFacts]) -> IncidentDescription:
     last = max(a.last_seen for a in alerts)
     sequences = [a for a in alerts if a.sequence]
     risk = incident_risk(
-        max_severity=worst.severity, alerts=len(alerts), domains=len(domains), sequences=len(sequences)
+        max_severity=worst.severity,
+        alerts=len(alerts),
+        domains=len(domains),
+        sequences=len(sequences),
+        graph_risk=graph_risk,
     )
     mains = Counter((a.entity_type, a.entity_id) for a in alerts if a.entity_type and a.entity_id)
     main = mains.most_common(1)[0][0] if mains else None
@@ -167,14 +179,21 @@ def describe_incident(alerts: Sequence[AlertFacts]) -> IncidentDescription:
     count = f"{len(alerts)} alert{'s' if len(alerts) > 1 else ''}"
     span = (last - first).total_seconds()
     within = "" if len(alerts) == 1 else " within a minute" if span < 60 else f" within {_duration(span)}"
-    titles = list(dict.fromkeys(a.title for a in sorted(alerts, key=lambda a: a.first_seen)))
-    shown = "; ".join(titles[:5]) + (f"; and {len(titles) - 5} more" if len(titles) > 5 else "")
-    summary = f"{who}:{spread} {count} across {_and(domains)}{within}. {shown}."
-    if spread:
-        summary = f"{who} seen{spread}; {count} across {_and(domains)}{within}. {shown}."
-    if sequences:
-        stories = _and(list(dict.fromkeys(a.title for a in sequences)))
-        summary += f" The steps of a known attack happened in order: {stories}."
+    # The title already says who and names the worst alert, and the sequence sentence names the attack
+    # stories: the summary adds what they do not say, so that no phrase is read twice.
+    stories = list(dict.fromkeys(a.title for a in sorted(sequences, key=lambda a: a.first_seen)))
+    said = {worst.title, *stories}
+    titles = dict.fromkeys(a.title for a in sorted(alerts, key=lambda a: a.first_seen))
+    others = [title for title in titles if title not in said]
+    where = f"across {_and(domains)}" if len(domains) > 1 else f"in {_and(domains)}"
+    summary = f"{count} {where}{within}{spread}."
+    if others:
+        shown = "; ".join(others[:5]) + (f"; and {len(others) - 5} more" if len(others) > 5 else "")
+        summary += f" Also: {shown}."
+    if stories:
+        summary += f" The steps of a known attack happened in order: {_and(stories)}."
+    if graph_risk >= 0.3:
+        summary += " It involves an entity closely linked to entities already confirmed as fraud or blocked."
     return IncidentDescription(
         title=f"{who}: {title}"[:256],
         summary=summary,

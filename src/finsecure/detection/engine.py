@@ -10,8 +10,10 @@ and steps with no row set cost nothing more; threshold rules then update their p
 
 from __future__ import annotations
 
+import functools
 import json
 import string
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -58,6 +60,12 @@ class _Blank(dict[str, Any]):
         return "unknown"
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...]:
+    """A template's parts, parsed once (explanations are rendered per hit)."""
+    return tuple(string.Formatter().parse(template))
+
+
 def render_explanation(template: str, values: Mapping[str, Any]) -> str:
     """Fill an explain template; an empty value reads "unknown" and a bad format falls back to plain text.
 
@@ -65,7 +73,7 @@ def render_explanation(template: str, values: Mapping[str, Any]) -> str:
     'Card used 812 km away, unknown km/h'
     """
     parts: list[str] = []
-    for literal, name, spec, conversion in string.Formatter().parse(template):
+    for literal, name, spec, conversion in _parsed(template):
         parts.append(literal)
         if name is None:
             continue
@@ -94,14 +102,28 @@ class RuleSet:
         :class:`~finsecure.detection.threshold.ThresholdEvaluator`).
     """
 
-    def __init__(self, rules: Iterable[Rule], *, late_s: int | None = None) -> None:
+    def __init__(
+        self,
+        rules: Iterable[Rule],
+        *,
+        late_s: int | None = None,
+        disabled_source: Callable[[], frozenset[str] | None] | None = None,
+        disabled_interval_s: float = 5.0,
+    ) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
+        self.disabled: frozenset[str] = frozenset()
+        """Ids of rules switched off: they give no hits (see :mod:`finsecure.detection.states`)."""
+        self.disabled_source = disabled_source
+        self.disabled_interval_s = disabled_interval_s
+        self._disabled_due = 0.0
         self._by_domain: dict[Domain, list[Rule]] = {}
         self._sequences: dict[str, SequenceEvaluator] = {}
         self._steps_by_domain: dict[Domain, list[tuple[Rule, int]]] = {}
+        self._hit_columns: dict[str, tuple[str, ...]] = {}
         for rule in self.rules:
             if rule.sequence is None:
                 self._by_domain.setdefault(rule.domain, []).append(rule)
+                self._hit_columns[rule.id] = _hit_columns(rule)
                 continue
             schema = domain_schema(rule.domain)
             wanted = [n for n in explain_fields(rule.explain) if n in schema]
@@ -166,8 +188,24 @@ class RuleSet:
         self._mask_cache[domain] = masks
         return masks
 
+    def set_disabled(self, rule_ids: Iterable[str]) -> None:
+        """Switch these rules off (and every other on), from the next batch on."""
+        self.disabled = frozenset(rule_ids)
+
+    def _refresh_disabled(self) -> None:
+        """Re-read the switched-off rules from ``disabled_source``, at most every ``disabled_interval_s``."""
+        now = time.monotonic()
+        if self.disabled_source is None or now < self._disabled_due:
+            return
+        self._disabled_due = now + self.disabled_interval_s
+        found = self.disabled_source()
+        if found is not None:
+            self.disabled = found
+
     def evaluate(self, batch: Batch) -> pl.DataFrame:
-        """Hits of every rule of the batch's domain (columns: :data:`HITS_SCHEMA`)."""
+        """Hits of every rule of the batch's domain (columns: :data:`HITS_SCHEMA`) but switched-off ones."""
+        self._refresh_disabled()
+        disabled = self.disabled
         rules = self._by_domain.get(batch.domain, [])
         steps = self._steps_by_domain.get(batch.domain, [])
         if not (rules or steps) or batch.frame.height == 0:
@@ -188,6 +226,8 @@ class RuleSet:
                 evaluator.advance(batch.domain, latest)  # no step matched: time still moves on
                 continue
             rule = next(r for r, _ in steps if r.id == rule_id)
+            if rule_id in disabled:
+                continue
             masks = {
                 i: m if m is not _NO_ROWS else pl.repeat(False, frame.height, eager=True)
                 for i, m in by_step.items()
@@ -196,8 +236,9 @@ class RuleSet:
             if done.height:
                 hits.append(_sequence_hits(rule, done))
         ts_us: npt.NDArray[np.int64] | None = None
+        columns: pl.Schema | None = None
         for index, rule in enumerate(rules):
-            if not anything[index]:
+            if not anything[index] or rule.id in disabled:
                 continue
             mask = fired_frame.to_series(index)
             value: pl.Series | None = None
@@ -212,10 +253,10 @@ class RuleSet:
                 value = pl.Series("value", values[keep], dtype=pl.Float64)
             else:
                 picked = np.flatnonzero(mask.to_numpy())
-            wanted = {"event_id", "ts", rule.entity, *explain_fields(rule.explain)}
-            if rule.model is not None:
-                wanted.add(rule.model.score)
-            rows_frame = pl.DataFrame([frame.get_column(c) for c in frame.columns if c in wanted])[picked]
+            if columns is None:
+                columns = frame.schema
+            wanted = [c for c in self._hit_columns[rule.id] if c in columns]
+            rows_frame = pl.DataFrame([frame.get_column(c) for c in wanted])[picked]
             if value is not None:
                 rows_frame = rows_frame.with_columns(value)
             elif rule.model is not None:
@@ -243,6 +284,14 @@ class RuleSet:
                 sequence.restore(bytes.fromhex(hex_state))
 
 
+def _hit_columns(rule: Rule) -> tuple[str, ...]:
+    """The event columns a match, threshold or model rule's hits read (id, time, entity, explanation)."""
+    wanted = {"event_id", "ts", rule.entity, *explain_fields(rule.explain)}
+    if rule.model is not None:
+        wanted.add(rule.model.score)
+    return tuple(sorted(wanted))
+
+
 def _sequence_hits(rule: Rule, done: pl.DataFrame) -> pl.DataFrame:
     """Hits of a sequence rule: one per completing event, explained with the time the chain took."""
     texts = []
@@ -262,12 +311,18 @@ def _hits(domain: Domain, rule: Rule, rows: pl.DataFrame) -> pl.DataFrame:
     return _hit_frame(rule, domain, rows, rule.entity, texts)
 
 
+@functools.lru_cache(maxsize=4096)
+def _one(name: str, value: str) -> pl.Series:
+    """A one-row String series, built once per (column, value) (a hit frame repeats it per row)."""
+    return pl.Series(name, [value], dtype=pl.String)
+
+
 def _hit_frame(rule: Rule, domain: Domain, rows: pl.DataFrame, entity: str, texts: list[str]) -> pl.DataFrame:
     """The hits frame (:data:`HITS_SCHEMA`) of one rule's rows, built column by column (no query plan)."""
     height = rows.height
 
     def constant(name: str, value: str) -> pl.Series:
-        return pl.Series(name, [value], dtype=pl.String).new_from_index(0, height)
+        return _one(name, value).new_from_index(0, height)
 
     entity_id = rows.get_column(entity).alias("entity_id")
     ts = rows.get_column("ts")

@@ -281,6 +281,10 @@ class SequenceEvaluator:
         self._times: list[npt.NDArray[np.int64]] = []
         self._last = pl.DataFrame(schema=self._schemas[-1])
         self._fired: npt.NDArray[np.bool_] = np.zeros(0, np.bool_)
+        # per key slot: how many kept events each step has, and how many last-step events are not yet
+        # reported (which keys could complete a chain, without searching the kept events)
+        self._present: list[npt.NDArray[np.int64]] = []
+        self._open: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._index_state([pl.DataFrame(schema=schema) for schema in self._schemas])
         self._latest: dict[Domain, Any] = {}  # latest event time seen per domain
         self._evicted: Any = None  # the watermark of the last eviction
@@ -344,17 +348,20 @@ class SequenceEvaluator:
             self._slots[index] = np.concatenate([self._slots[index], slots])
             self._times[index] = np.concatenate([self._times[index], times])
             _touch(slots, times, self._keys.last_seen)
+            self._grow()
+            np.add.at(self._present[index], slots, 1)
             if index == last and rows is not None:
                 self._last = pl.concat([self._last, rows])
                 self._fired = np.concatenate([self._fired, np.zeros(rows.height, np.bool_)])
+                np.add.at(self._open, slots, 1)
         if not fresh:
             self._evict()
             return self._empty_result()
         # a chain can only complete for a key with events at every step and an unreported last one
         keys = np.unique(np.concatenate(list(fresh.values())))
-        keys = keys[np.isin(keys, self._slots[last][~self._fired])]
-        for slots in self._slots[:last]:
-            keys = keys[np.isin(keys, slots)]
+        keys = keys[self._open[keys] > 0]
+        for present in self._present[:last]:
+            keys = keys[present[keys] > 0]
         result = self._complete(keys) if keys.size else self._empty_result()
         self._evict()
         return result
@@ -382,8 +389,10 @@ class SequenceEvaluator:
     def _complete(self, touched: npt.NDArray[np.int64]) -> pl.DataFrame:
         """Re-check the chains of the touched keys; fire (once) the last-step events that complete."""
         orders = []
+        wanted = np.zeros(self._keys.capacity, np.bool_)
+        wanted[touched] = True
         for slots, times in zip(self._slots, self._times, strict=True):
-            chosen = np.flatnonzero(np.isin(slots, touched))
+            chosen = np.flatnonzero(wanted[slots])
             orders.append(chosen[np.lexsort((times[chosen], slots[chosen]))])
         offsets = np.zeros(len(orders) + 1, np.int64)
         offsets[1:] = np.cumsum([len(order) for order in orders])
@@ -403,6 +412,7 @@ class SequenceEvaluator:
             return self._empty_result()
         rows = order[ok]
         self._fired[rows] = True
+        np.subtract.at(self._open, self._slots[last][rows], 1)
         done: pl.DataFrame = (
             self._last[rows]
             .with_columns(start=pl.Series(start[ok], dtype=pl.Int64).cast(_TS))
@@ -480,6 +490,7 @@ class SequenceEvaluator:
                 self._fired = self._fired[keep]
         if horizon is not None:
             self._keys.evict(horizon + 1)  # keys whose every event is at or before the horizon
+        self._count_present()
 
     def _index_state(self, states: Sequence[pl.DataFrame]) -> None:
         """Take kept events (one frame per step, state columns): key slots and times (µs) of every
@@ -491,6 +502,22 @@ class SequenceEvaluator:
         self._fired = states[-1].get_column("fired").fill_null(False).to_numpy().astype(np.bool_)
         for slots, times in zip(self._slots, self._times, strict=True):
             _touch(slots, times, self._keys.last_seen)
+        self._count_present()
+
+    def _count_present(self) -> None:
+        """Recount :attr:`_present` and :attr:`_open` from the kept events."""
+        size = self._keys.capacity
+        self._present = [np.bincount(slots, minlength=size).astype(np.int64) for slots in self._slots]
+        last = len(self._slots) - 1
+        self._open = np.bincount(self._slots[last][~self._fired], minlength=size).astype(np.int64)
+
+    def _grow(self) -> None:
+        """Make room in the per-slot counts for slots the key index has just added."""
+        size = self._keys.capacity
+        if len(self._open) >= size:
+            return
+        self._present = [np.concatenate([p, np.zeros(size - len(p), np.int64)]) for p in self._present]
+        self._open = np.concatenate([self._open, np.zeros(size - len(self._open), np.int64)])
 
     def state_rows(self) -> int:
         """Events kept, all steps together."""

@@ -248,6 +248,9 @@ class Mapping:
         ``ignore`` raw fields the mapping does not read (the default: raw feeds carry plenty), or
         ``reject`` a record holding a non-null value in a field its domain rule does not read (for
         canonical events, where such a field is a sender's mistake that would otherwise vanish).
+    keep_raw
+        Keep each cloud or auth event's source record in an extra ``raw`` column
+        (:mod:`finsecure.ingest.source_record`), for Sigma rules that read fields with no canonical column.
     description, origin
         Free text; the file it came from (for error messages).
     """
@@ -264,6 +267,7 @@ class Mapping:
     description: str = ""
     origin: str = "<dict>"
     domains: tuple[Domain, ...] = field(default=())
+    keep_raw: bool = False
 
     @classmethod
     def from_dict(cls, data: object, *, origin: str = "<dict>") -> Mapping:
@@ -281,7 +285,7 @@ class Mapping:
         ... }).read_columns() or [])
         ['when', 'when.utc', 'who']
         """
-        if self.unknown_fields == "reject":
+        if self.unknown_fields == "reject" or self.keep_raw:
             return None
         paths = {ref for ref in self.references() if not ref.startswith("$")}
         return frozenset(paths | {path.split(".", 1)[0] for path in paths})
@@ -355,6 +359,7 @@ class _Parser:
             "unmatched",
             "unmatched_reason",
             "unknown_fields",
+            "keep_raw",
         )
         self.unknown(data, keys, "")
         name = self.text(data.get("name"), "name")
@@ -366,6 +371,9 @@ class _Parser:
         unknown_fields = data.get("unknown_fields", "ignore")
         if unknown_fields not in ("ignore", "reject"):
             raise self.fail("unknown_fields", "must be 'ignore' or 'reject'")
+        keep_raw = data.get("keep_raw", False)
+        if not isinstance(keep_raw, bool):
+            raise self.fail("keep_raw", "must be true or false")
         vars_: list[tuple[str, FieldSpec]] = []
         for var_name, spec in self.mapping_of(data.get("vars", {}), "vars").items():
             if _VAR_NAME.fullmatch(var_name) is None:
@@ -412,6 +420,7 @@ class _Parser:
             description=str(data.get("description", "")),
             origin=self.origin,
             domains=tuple(dict.fromkeys(rule.domain for rule in rules)),
+            keep_raw=keep_raw,
         )
 
     def check_refs(

@@ -65,6 +65,7 @@ from finsecure.ingest.mapping import (
     template_columns,
 )
 from finsecure.ingest.readers import OFFSET_COLUMN
+from finsecure.ingest.source_record import RAW_COLUMN, flat_records
 
 __all__ = [
     "DEFAULT_MAX_FUTURE",
@@ -97,6 +98,8 @@ time (year 1 or 1677, often a zero or a unit mistake) would poison day partition
 DEFAULT_MAX_FUTURE = dt.timedelta(days=1)
 """How far ahead of this server's clock an event may be dated (clock skew between feeds, time zones)."""
 _MAX_PLANS = 64
+RAW_DOMAINS = frozenset({Domain.cloud, Domain.auth})
+"""Domains whose events keep their source record when the mapping says ``keep_raw``."""
 _MAX_CACHED_TOKENS = 1_000_000
 
 
@@ -364,6 +367,7 @@ class Normaliser:
         frames: dict[Domain, pl.DataFrame] = {}
         rejected: list[tuple[pl.DataFrame, Domain | None]] = []
         skipped = 0
+        records: list[pl.Series] = []  # the source records (``keep_raw``), made once per chunk when needed
         routed: list[tuple[_Output, pl.LazyFrame | None]]
         if plan.domain_index is None:
             # one rule: staging and building run as one query, nothing is materialised in between
@@ -394,17 +398,39 @@ class Normaliser:
         for output, rows in routed:
             domain = output.domain
             if rows is None:
-                good = frames.get(domain, self.empty(domain))
+                good = frames.get(domain, self._empty_of(domain))
             else:
                 good, bad = self._build(rows, output)
                 if bad is not None:
                     rejected.append((bad, domain))
+                if self._keeps_raw(domain):
+                    good = good.with_columns(self._records_of(raw, rows, bad, records))
             frames[domain] = frames[domain].vstack(good) if domain in frames and rows is not None else good
         return NormaliseResult(frames=frames, rejects=self._dead_letters(raw, rejected), skipped=skipped)
 
     def empty(self, domain: Domain) -> pl.DataFrame:
         """A canonical frame of ``domain`` with no rows."""
         return _EMPTY[domain]
+
+    def _keeps_raw(self, domain: Domain) -> bool:
+        return self.mapping.keep_raw and domain in RAW_DOMAINS
+
+    def _empty_of(self, domain: Domain) -> pl.DataFrame:
+        empty = self.empty(domain)
+        if self._keeps_raw(domain):
+            return empty.with_columns(pl.lit(None, pl.String).alias(RAW_COLUMN))
+        return empty
+
+    def _records_of(
+        self, raw: pl.DataFrame, rows: pl.LazyFrame, bad: pl.DataFrame | None, records: list[pl.Series]
+    ) -> pl.Series:
+        """The source record (:mod:`finsecure.ingest.source_record`) of each kept row of ``rows``."""
+        if not records:
+            records.append(flat_records(raw.drop(OFFSET_COLUMN)))
+        kept = rows.select(_ROW).collect().to_series()
+        if bad is not None:
+            kept = kept.filter(~kept.is_in(bad.get_column(_ROW).implode()))
+        return records[0].gather(kept)
 
     # -- per chunk ----------------------------------------------------------------------------------
 

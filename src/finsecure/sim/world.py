@@ -138,7 +138,10 @@ class World:
     user_ids: pl.Series
     account_ids: pl.Series
     payee_ids: pl.Series
-    """The token other customers use to pay account ``c``."""
+    """What other customers enter to pay account ``c``: the account's own number (``account_ids``), as
+    for a transfer between two accounts of the same bank, so a payment to it and the account's own
+    activity name the same account. Payees at other banks (new payees in the background) keep opaque
+    ``payee_`` tokens."""
     card_ids: pl.Series
     device_ids: pl.Series
     ip_text: pl.Series
@@ -466,6 +469,7 @@ def build_world(config: SimConfig) -> World:
         [ip_to_int("198.51.100.1") + np.arange(254), ip_to_int("192.0.2.1") + np.arange(254)]
     ).astype(np.uint32)
 
+    account_ids = seq_ids("acc_", n_c, width=8)
     return World(
         seed=seed,
         cities=cities,
@@ -493,8 +497,8 @@ def build_world(config: SimConfig) -> World:
         ip_home=ip_home,
         ip_mobile=ip_mobile,
         user_ids=seq_ids("cust_", n_c, width=7),
-        account_ids=seq_ids("acc_", n_c, width=8),
-        payee_ids=hex_ids("payee_", np.arange(n_c, dtype=np.uint64), key=key(_K_PAYEE)),
+        account_ids=account_ids,
+        payee_ids=account_ids,
         card_ids=hex_ids("card_", np.arange(len(card_owner), dtype=np.uint64), key=key(_K_CARD)),
         device_ids=hex_ids("dev_", np.arange(len(device_owner), dtype=np.uint64), key=key(_K_DEVICE)),
         ip_text=ipv4_text(np.concatenate([ip_home, ip_mobile])),

@@ -18,7 +18,7 @@ from finsecure.bus import make_bus
 from finsecure.bus.base import Bus, BusLoop, BusSink
 from finsecure.event.schemas import Domain, SchemaError
 from finsecure.pipeline.batch import Batch
-from finsecure.pipeline.engine import Pipeline, canonical_polars_schema
+from finsecure.pipeline.engine import Pipeline, is_canonical_schema
 
 __all__ = ["PUBLISHED_NS_HEADER", "BusPublisher", "StampedBusSink"]
 
@@ -83,7 +83,7 @@ class BusPublisher:
         if frame.height == 0:
             return
         key = Domain(domain)
-        if frame.schema != canonical_polars_schema(key):
+        if not is_canonical_schema(key, frame.schema):
             # Refused here rather than by every worker later (where it would become dead letters).
             raise SchemaError(f"{key} rows must have exactly the canonical columns, in order")
         self._seq += 1

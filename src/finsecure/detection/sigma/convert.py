@@ -10,16 +10,15 @@ A field with no canonical column (``requestParameters.containerDefinitions.comma
 ``riskEventType``...) and a keyword search read the source record itself: the optional ``raw`` column
 (:data:`RAW_COLUMN`) holds it as one JSON object of dotted paths to text (:func:`raw_record`; values
 of a list are joined by new lines and any of them may match). Batches without that column read it as
-empty, so such a rule simply does not fire there; ``finsecure rules sigma-report --events`` attaches
-the records of the file it reads. Anything else (field references, placeholders, log sources FinSecure
-does not know) is reported with the reason: :class:`SigmaUnsupported`, never a crash.
+empty, so such a rule simply does not fire there. The cloud and audit feeds' mappings keep the record
+(``keep_raw: true``, :mod:`finsecure.ingest.source_record`), so these rules run on live events too.
+Anything else (field references, placeholders, log sources FinSecure does not know) is reported with
+the reason: :class:`SigmaUnsupported`, never a crash.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +48,7 @@ from sigma.types import (
 from finsecure.detection.frames import domain_schema
 from finsecure.detection.rule import Rule
 from finsecure.event.schemas import Domain
+from finsecure.ingest.source_record import RAW_COLUMN, flat_record
 
 __all__ = [
     "LOGSOURCE_DOMAINS",
@@ -61,10 +61,6 @@ __all__ = [
     "raw_record",
     "sigma_rule_from_path",
 ]
-
-RAW_COLUMN = "raw"
-"""Optional batch column: the source record as a JSON object of dotted paths to text (see
-:func:`raw_record`); Sigma fields with no canonical column are read from it."""
 
 PIPELINE_PATH = Path(__file__).with_name("pipeline.yml")
 LOGSOURCE_DOMAINS: dict[tuple[str, str], Domain] = {
@@ -112,30 +108,13 @@ def sigma_rule_from_path(path: Path) -> SigmaRule:
 
 
 def raw_record(record: Mapping[str, Any]) -> str:
-    r"""A source record as the ``raw`` column holds it: dotted paths to text, lists flattened (values
-    joined by new lines), JSON text inside a value (as Log Analytics exports nested fields) opened up.
+    r"""A source record as the ``raw`` column holds it (:func:`finsecure.ingest.source_record.flat_record`):
+    dotted paths to text, lists flattened (values joined by new lines), JSON text inside a value opened up.
 
     >>> raw_record({"a": {"b": [{"c": 1}, {"c": "x"}]}, "d": '{"e": true}', "f": None})
     '{"a.b.c": "1\\nx", "d.e": "true"}'
     """
-    flat: dict[str, list[str]] = {}
-
-    def walk(prefix: str, value: object, depth: int) -> None:
-        if isinstance(value, str) and value[:1] in "[{" and depth < 8:
-            with contextlib.suppress(ValueError):
-                value = json.loads(value)
-        if isinstance(value, Mapping):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner, depth + 1)
-        elif isinstance(value, list):
-            for inner in value:
-                walk(prefix, inner, depth + 1)
-        elif value is not None and prefix:
-            text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-            flat.setdefault(prefix, []).append(text)
-
-    walk("", record, 0)
-    return json.dumps({key: "\n".join(values) for key, values in flat.items()})
+    return flat_record(record)
 
 
 def raw_fields(rule: Rule) -> tuple[str, ...]:
