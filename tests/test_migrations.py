@@ -31,6 +31,7 @@ EXPECTED_TABLES = {
     "models",
     "refresh_tokens",
     "response_actions",
+    "rule_states",
     "rules",
     "suppressions",
     "system_metrics",

@@ -9,6 +9,7 @@ can only come from access control and never from a bad body or an unknown id.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import count
@@ -95,6 +96,14 @@ MATRIX: dict[tuple[str, str], tuple[int, int, int, int, int]] = {
     ("GET", "/api/graph/entity/{entity_type}/{entity_id}"): (401, 200, 200, 200, 401),
     ("GET", "/api/graph/communities"):       (401,    200,   200,    200,  401),
     ("GET", "/api/graph/path"):              (401,    200,   200,    200,  401),
+    ("GET", "/api/rules"):                   (401,    200,   200,    200,  401),
+    ("GET", "/api/rules/{rule_id}"):         (401,    200,   200,    200,  401),
+    ("PATCH", "/api/rules/{rule_id}"):       (401,    403,   403,    200,  401),
+    ("POST", "/api/rules/{rule_id}/test"):   (401,    403,   200,    200,  401),
+    ("POST", "/api/rules/{rule_id}/backtest"): (401,  403,   200,    200,  401),
+    ("GET", "/api/models"):                  (401,    200,   200,    200,  401),
+    ("POST", "/api/models/{name}/{version}/promote"): (401, 403, 403, 200, 401),
+    ("POST", "/api/models/{name}/rollback"): (401,    403,   403,    200,  401),
 }  # fmt: skip
 
 
@@ -312,6 +321,40 @@ def _graph_path(env: Env) -> Request:
     return Request("/api/graph/path", {"params": {"from": f"card_id:{first}", "to": f"card_id:{second}"}})
 
 
+def _shipped_rule_id() -> str:
+    from finsecure.platform import default_rules
+
+    return next(rule.id for rule in default_rules() if rule.samples_positive and rule.kind == "match")
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tier() -> Any:
+    """A fast tier fitted on a few hundred payments (once per test session), to register and promote."""
+    from finsecure.ml.train import fit_tier
+    from tests.ml.conftest import SMALL, featured_payments
+
+    train, validation = featured_payments(600, 1), featured_payments(300, 2)
+    return fit_tier(train, validation, "payment", kinds=("iforest",), params=SMALL)
+
+
+def _registered_model(env: Env, versions: int, promote: int) -> str:
+    """A model with ``versions`` versions, the first ``promote`` of them promoted in turn; its name."""
+    from finsecure.ml import registry
+
+    tier, name = _tiny_tier(), f"matrix_model_{next(env.names)}"
+    data_dir = env.client.app.state.context.settings.data_dir  # type: ignore[attr-defined]
+    for number in range(1, versions + 1):
+        registry.register(
+            db_session=env.db_session, data_dir=data_dir, name=name, model=tier.members["iforest"],
+            design=tier.design, data_fingerprint=tier.fingerprint, metrics={}, threshold=0.5,
+            dataset="matrix",
+        )  # fmt: skip
+        if number <= promote:
+            registry.promote(db_session=env.db_session, name=name, version=number)
+    env.db_session.commit()
+    return name
+
+
 #: How to build a request that an allowed caller gets the success code for.
 REQUESTS: dict[tuple[str, str], Callable[[Env, Caller], Request]] = {
     ("GET", "/api/health"): lambda env, c: Request("/api/health"),
@@ -424,6 +467,23 @@ REQUESTS: dict[tuple[str, str], Callable[[Env, Caller], Request]] = {
         "/api/graph/communities", {"params": {"min_risk": 0}}
     ),
     ("GET", "/api/graph/path"): lambda env, c: _graph_path(env),
+    ("GET", "/api/rules"): lambda env, c: Request("/api/rules", {"params": {"domain": "payment"}}),
+    ("GET", "/api/rules/{rule_id}"): lambda env, c: Request(f"/api/rules/{_shipped_rule_id()}"),
+    ("PATCH", "/api/rules/{rule_id}"): lambda env, c: Request(
+        f"/api/rules/{_shipped_rule_id()}", {"json": {"enabled": True}}
+    ),
+    ("POST", "/api/rules/{rule_id}/test"): lambda env, c: Request(f"/api/rules/{_shipped_rule_id()}/test"),
+    ("POST", "/api/rules/{rule_id}/backtest"): lambda env, c: Request(
+        f"/api/rules/{_shipped_rule_id()}/backtest",
+        {"json": {"from": "2026-11-01T00:00:00Z", "to": "2026-11-01T06:00:00Z"}},
+    ),
+    ("GET", "/api/models"): lambda env, c: Request("/api/models"),
+    ("POST", "/api/models/{name}/{version}/promote"): lambda env, c: Request(
+        f"/api/models/{_registered_model(env, 1, 0)}/1/promote"
+    ),
+    ("POST", "/api/models/{name}/rollback"): lambda env, c: Request(
+        f"/api/models/{_registered_model(env, 2, 2)}/rollback"
+    ),
 }
 
 

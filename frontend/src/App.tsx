@@ -7,8 +7,10 @@ import { IncidentDetailPage } from "./pages/IncidentDetail";
 import { IncidentsPage } from "./pages/Incidents";
 import { LoginPage } from "./pages/Login";
 import { MapPage } from "./pages/MapPage";
+import { ModelsPage } from "./pages/Models";
 import { OverviewPage } from "./pages/Overview";
 import { PasswordPage } from "./pages/Password";
+import { RulesPage } from "./pages/Rules";
 import { SystemPage } from "./pages/System";
 
 const NAV = [
@@ -17,6 +19,8 @@ const NAV = [
   { to: "/alerts", label: "Alerts" },
   { to: "/map", label: "Map" },
   { to: "/graph", label: "Graph explorer" },
+  { to: "/rules", label: "Rules" },
+  { to: "/models", label: "Models" },
   { to: "/system", label: "System" },
 ];
 
@@ -64,6 +68,8 @@ function Shell() {
             <Route path="/alerts" element={<AlertsPage />} />
             <Route path="/map" element={<MapPage />} />
             <Route path="/graph" element={<GraphPage />} />
+            <Route path="/rules" element={<RulesPage />} />
+            <Route path="/models" element={<ModelsPage />} />
             <Route path="/system" element={<SystemPage />} />
             <Route path="*" element={<Navigate to="/" replace />} />
           </Routes>

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import Engine
 
@@ -16,16 +16,19 @@ from finsecure.audit.views import router as audit_router
 from finsecure.auth.views import apikeys_router, auth_router, users_router
 from finsecure.core.database import create_db_engine, make_session_factory
 from finsecure.core.deps import AppContext
-from finsecure.core.errors import install_error_handlers
+from finsecure.core.errors import error_responses, install_error_handlers
 from finsecure.core.middleware import BodySizeLimitMiddleware, SecurityHeadersMiddleware
+from finsecure.core.query_params import reject_unknown_query_params
 from finsecure.core.security import Passwords
 from finsecure.core.settings import Settings, get_settings
 from finsecure.core.shared import make_broadcaster, make_rate_limiter
+from finsecure.detection.views import router as rules_router
 from finsecure.event.views import router as events_router
 from finsecure.graph.views import router as graph_router
 from finsecure.incident.views import labels_router
 from finsecure.incident.views import router as incidents_router
 from finsecure.ingest.views import router as ingest_router
+from finsecure.ml.views import router as models_router
 from finsecure.ops.views import install_operations
 from finsecure.platform import Platform
 from finsecure.response.views import actions_router, blocklist_router, enforcement_router, playbooks_router
@@ -54,6 +57,8 @@ ROUTERS: tuple[APIRouter, ...] = (
     overview_router,
     map_router,
     graph_router,
+    rules_router,
+    models_router,
 )
 
 
@@ -110,8 +115,13 @@ def create_app(settings: Settings | None = None, *, context: AppContext | None =
     )
     app.state.context = context or build_context(settings)
     install_error_handlers(app)
-    for router in ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+    for router in ROUTERS:  # a query parameter an operation does not take is a 422, never ignored
+        app.include_router(
+            router,
+            prefix=API_PREFIX,
+            dependencies=[Depends(reject_unknown_query_params)],
+            responses=error_responses(422),
+        )
     # /ws, the live feed and the dashboard at / (before the security headers); Redis fan-out if configured
     install_web(app, hub=make_broadcaster(settings))
     if settings.cors_origins:

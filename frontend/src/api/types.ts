@@ -189,3 +189,90 @@ export interface Subgraph {
   communities: Community[];
   nodes_omitted: number;
 }
+
+export interface RuleSummary {
+  id: string;
+  title: string;
+  domain: string;
+  kind: string;
+  severity: Severity;
+  status: string;
+  attack: string[];
+  typology: string | null;
+  enabled: boolean;
+  hits_24h: number;
+  updated_by: string | null;
+  updated_at: string | null;
+}
+
+export interface RuleDetail extends RuleSummary {
+  description: string;
+  triage: string;
+  explain: string;
+  entity: string;
+  path: string | null;
+  samples_positive: Record<string, unknown>[];
+  samples_negative: Record<string, unknown>[];
+}
+
+export interface SampleResult {
+  kind: "positive" | "negative";
+  label: string;
+  expected: "fires" | "stays quiet";
+  hits: number;
+  passed: boolean;
+}
+
+export interface SampleRun {
+  rule_id: string;
+  passed: boolean;
+  results: SampleResult[];
+  problems: string[];
+}
+
+export interface BacktestResult {
+  rule_id: string;
+  title: string;
+  start: string;
+  end: string;
+  events: Record<string, number>;
+  hits: number;
+  labelled_hits: number;
+  true_hits: number;
+  labelled_bad: number;
+  flagged_bad: number;
+  precision: number | null;
+  recall: number | null;
+  by_day: Record<string, number>;
+  top_entities: [string, number][];
+  elapsed_s: number;
+}
+
+export interface RegisteredVersion {
+  name: string;
+  version: number;
+  kind: string;
+  domain: string;
+  stage: "candidate" | "production" | "archived";
+  live: boolean;
+  metrics: Record<string, unknown>;
+  threshold: number;
+  created_at: string;
+  promoted_at: string | null;
+}
+
+export interface RegisteredModel {
+  name: string;
+  kind: string;
+  domain: string;
+  live_version: number | null;
+  can_roll_back: boolean;
+  versions: RegisteredVersion[];
+}
+
+export interface GraphPath {
+  found: boolean;
+  nodes: GraphNode[];
+  edges: GraphEdge[];
+  explanation: string;
+}

@@ -38,9 +38,11 @@ const ENTITY_WORDS: Record<string, string> = {
   device_id: "Device",
   src_ip: "IP address",
   dst_ip: "IP address",
+  ip: "IP address",
   merchant_id: "Merchant",
   terminal_id: "Terminal",
   payee_id: "Payee",
+  principal_id: "Cloud identity",
 };
 
 export function entityWord(type: string | null | undefined): string {

@@ -1,8 +1,9 @@
 import { useState, type FormEvent } from "react";
-import { Link, useParams } from "react-router-dom";
+import { Link, useNavigate, useParams } from "react-router-dom";
 import { api, ApiError } from "../api/client";
 import type { Alert, IncidentDetail, Note, TimelineEntry } from "../api/types";
 import { AlertExplanation } from "../components/AlertExplanation";
+import { BlockPanel, EntityPaths, SplitPanel } from "../components/IncidentTools";
 import { ErrorNote, SeverityBadge, StatusBadge, useLoader, useThrottled } from "../components/common";
 import { RoleGate, useAuth } from "../auth";
 import { useLive } from "../live/LiveContext";
@@ -56,6 +57,9 @@ export function IncidentDetailPage() {
   const [note, setNote] = useState("");
   const [mergeIds, setMergeIds] = useState("");
   const [labels, setLabels] = useState("");
+  const [tool, setTool] = useState<"" | "split" | "block">("");
+  const [notice, setNotice] = useState<{ text: string; link?: string } | null>(null);
+  const navigate = useNavigate();
 
   const detail = useLoader(() => api<IncidentDetail>(`/api/incidents/${id}`), [id]);
   const timeline = useLoader(
@@ -170,8 +174,51 @@ export function IncidentDetailPage() {
             <input id="merge" placeholder="merge incident ids" value={mergeIds} onChange={(e) => setMergeIds(e.target.value)} size={16} />
             <button type="submit">Merge into this</button>
           </form>
+          <button type="button" aria-expanded={tool === "split"} onClick={() => setTool(tool === "split" ? "" : "split")}>
+            Split…
+          </button>
+          <button type="button" aria-expanded={tool === "block"} onClick={() => setTool(tool === "block" ? "" : "block")}>
+            Block…
+          </button>
         </div>
+        {tool === "split" && (
+          <div style={{ marginBottom: 12 }}>
+            <SplitPanel
+              incident={incident}
+              onCancel={() => setTool("")}
+              onDone={(created) => {
+                setTool("");
+                setNotice({ text: `Moved ${created.alerts.length} alert${created.alerts.length === 1 ? "" : "s"} into incident #${created.id}.`, link: `/incidents/${created.id}` });
+                void detail.reload();
+                void timeline.reload();
+              }}
+            />
+          </div>
+        )}
+        {tool === "block" && (
+          <div style={{ marginBottom: 12 }}>
+            <BlockPanel
+              incident={incident}
+              onCancel={() => setTool("")}
+              onDone={(text) => {
+                setTool("");
+                setNotice({ text });
+                void timeline.reload();
+              }}
+            />
+          </div>
+        )}
       </RoleGate>
+      {notice && (
+        <p className="notice" role="status" data-testid="incident-notice">
+          {notice.text}{" "}
+          {notice.link && (
+            <button type="button" className="link" onClick={() => { setNotice(null); navigate(notice.link ?? "/incidents"); }}>
+              Open it
+            </button>
+          )}
+        </p>
+      )}
       <div className="grid two">
         <div className="card">
           <h2>Why this was raised</h2>
@@ -190,6 +237,7 @@ export function IncidentDetailPage() {
               )}
             </div>
           ))}
+          <EntityPaths alerts={incident.alerts} />
           {Object.keys(incident.evidence ?? {}).length > 0 && (
             <details>
               <summary>Evidence as recorded</summary>

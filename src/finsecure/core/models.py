@@ -5,6 +5,7 @@ from finsecure.alert.suppression import Suppression
 from finsecure.audit.models import AuditEntry
 from finsecure.auth.models import ApiKey, RefreshToken, User
 from finsecure.core.database import Base
+from finsecure.detection.states import RuleState
 from finsecure.entity.models import Edge, Entity
 from finsecure.event.models import StoredEvent
 from finsecure.incident.models import Incident, IncidentAlert, IncidentNote
@@ -31,6 +32,7 @@ __all__ = [
     "RefreshToken",
     "ResponseAction",
     "Rule",
+    "RuleState",
     "StoredEvent",
     "Suppression",
     "SystemMetric",

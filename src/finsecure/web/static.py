@@ -29,7 +29,7 @@ NO_BUILD_PAGE = """<!doctype html>
 
 
 #: The dashboard's pages: each is served ``index.html`` (keep in step with ``frontend/src/App.tsx``).
-PAGES: tuple[str, ...] = ("/", "/incidents", "/alerts", "/map", "/graph", "/system")
+PAGES: tuple[str, ...] = ("/", "/incidents", "/alerts", "/map", "/graph", "/rules", "/models", "/system")
 
 
 def is_page(path: str) -> bool:
