@@ -22,9 +22,16 @@ Evaluations (each can be chosen with ``--cases``):
   propagated risk (of cards not yet confirmed, and of shops). ``sparkov_ap_delta_propagation`` is what
   propagation adds over knowing the confirmed cards.
 
+- ``models``: the honest test of propagated risk as a model input: the project's own fraud model
+  (LightGBM on the feature step's columns, as ``finsecure evaluate`` trains it) with and without the
+  graph risk columns of :func:`~finsecure.graph.risk.risk_history` (each day sees only earlier days'
+  graph and earlier frauds), on the fraud handbook's book protocol (7-day delay) and sparkov's
+  held-out cards. ``models_*_ap_delta`` is what the columns add (negative when they hurt). Slow: the
+  day-by-day propagation takes minutes per data set.
+
 Usage::
 
-    .venv/bin/python bench/graph_eval.py [--cases handbook,simulator,sparkov]
+    .venv/bin/python bench/graph_eval.py [--cases handbook,simulator,sparkov,models]
 
 Writes ``bench/results/graph_eval.json``.
 """
@@ -254,14 +261,69 @@ def eval_sparkov(results: dict[str, Any]) -> None:
     results["sparkov_test_frauds"] = int(test["label"].sum())
 
 
+def eval_models(results: dict[str, Any], *, cache_dir: Path) -> None:
+    """The project's own fraud model (LightGBM on the feature step's columns, as ``finsecure evaluate``
+    trains it) with and without the propagated graph risk columns, on the book's protocol for the fraud
+    handbook (7-day feedback delay) and the held-out-cards protocol for sparkov (frauds known from the
+    day after they happen). Graph risk comes from :func:`~finsecure.graph.risk.risk_history`: each day
+    sees only earlier days' graph and earlier confirmed frauds."""
+    from sklearn.metrics import average_precision_score
+
+    from finsecure.graph.risk import GRAPH_RISK_COLUMNS, risk_history
+    from finsecure.ml.data import DATASETS, featured_frame
+    from finsecure.ml.evaluate import _keep_columns, protocols
+    from finsecure.ml.feedback import delayed_label_features, feedback_columns
+    from finsecure.ml.metrics import classification_metrics
+    from finsecure.ml.train import fit_tier
+
+    graph_columns = GRAPH_RISK_COLUMNS[Domain.payment]
+    for name, short, delay in (("fraud-handbook", "handbook", 7), ("sparkov", "sparkov", 0)):
+        info = DATASETS[name]
+        frame = featured_frame(datasets_dir() / info.files["all"], info.format_name, cache_dir=cache_dir)
+        started = time.perf_counter()
+        frame = risk_history(frame, Domain.payment, label=info.label, delay_s=delay * 86_400.0)
+        results[f"models_{short}_graph_features_s"] = round(time.perf_counter() - started, 1)
+        results[f"models_{short}_delay_days"] = delay
+        if info.feedback_key is not None:
+            frame = delayed_label_features(frame, info.feedback_key, label=info.label)
+        part = pl.concat(
+            [_keep_columns(frame, Domain.payment), frame.select(graph_columns)], how="horizontal"
+        )
+        base = feedback_columns(info.feedback_key) if info.feedback_key else ()
+        protocol = protocols(info, {"all": part}, seed=0)[0]
+        for variant, extra in (("without_graph", base), ("with_graph", (*base, *graph_columns))):
+            tier = fit_tier(
+                protocol.train, protocol.validation, Domain.payment, kinds=("gbdt",), label=info.label,
+                time_features=info.time_features, seed=0, extra_features=extra, params=info.params,
+            )  # fmt: skip
+            for split, test in protocol.tests.items():
+                y = test[info.label].fill_null(0).cast(pl.Int32).to_numpy()
+                scores = tier.score(test)["gbdt"]
+                metrics = classification_metrics(y, scores, tier.thresholds.get("gbdt", 0.5))
+                key = f"models_{short}_{split}_{variant}"
+                results[f"{key}_ap"] = round(float(average_precision_score(y, scores)), 4)
+                results[f"{key}_recall_at_1pct_fpr"] = round(float(metrics["recall_at_1pct_fpr"]), 4)
+        for split in protocol.tests:
+            key = f"models_{short}_{split}"
+            results[f"{key}_ap_delta"] = round(
+                results[f"{key}_with_graph_ap"] - results[f"{key}_without_graph_ap"], 4
+            )
+        test_rows = next(iter(protocol.tests.values()))
+        results[f"models_{short}_test_rows_with_graph_risk"] = int((test_rows["graph__risk"] > 0).sum())
+        results[f"models_{short}_test_frauds"] = int(test_rows[info.label].sum())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cases", default="handbook,simulator,sparkov")
+    parser.add_argument("--cases", default="handbook,simulator,sparkov,models")
     parser.add_argument("--from-day", default="2018-07-01", help="first handbook day evaluated")
     parser.add_argument("--sim-customers", type=int, default=20_000)
     parser.add_argument("--sim-days", type=float, default=2.0)
+    parser.add_argument(
+        "--cache-dir", type=Path, default=Path("data/cache/ml"), help="featured datasets (models case)"
+    )
     args = parser.parse_args()
     results: dict[str, Any] = {}
     if RESULTS.exists():
@@ -274,6 +336,7 @@ def main() -> None:
         ),
         ("handbook", lambda: eval_handbook(results, from_day=args.from_day)),
         ("sparkov", lambda: eval_sparkov(results)),
+        ("models", lambda: eval_models(results, cache_dir=args.cache_dir)),
     )
     for case, run in runs:
         if case in cases:

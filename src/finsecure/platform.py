@@ -20,6 +20,7 @@ from finsecure.correlation import Correlator
 from finsecure.detection import RuleSet, load_rules
 from finsecure.detection.rule import Rule
 from finsecure.features.step import FeatureStep
+from finsecure.graph.risk import GraphRisk, GraphRiskStep
 from finsecure.graph.sink import GraphSink
 from finsecure.graph.store import GraphStore
 from finsecure.ingest.normalise import Normaliser
@@ -75,6 +76,8 @@ def default_steps(
     scoring: Step | None = None,
     session_factory: Callable[[], Session] | None = None,
     deep: Step | None = None,
+    graph_risk: Step | None = None,
+    rule_states_from: Callable[[], Session] | None = None,
 ) -> list[Step]:
     """The steps every event goes through, in order: features, model scoring (when given), detection.
 
@@ -90,12 +93,24 @@ def default_steps(
     deep
         The deep tier's sequence scoring step (:class:`~finsecure.ml.deep.SequenceScoringStep`), after
         ``scoring``: it reads each entity's history and scores the events the fast tier left uncertain.
+    graph_risk
+        Adds the propagated graph risk columns (:class:`~finsecure.graph.risk.GraphRiskStep`) before
+        ``scoring``, so that models trained with them can read them.
     session_factory
         When given, a :class:`~finsecure.response.blocklist.BlockedFlagStep` before detection marks the
         events of blocked entities (a ``blocked`` column).
+    rule_states_from
+        Where the rule set re-reads which rules are switched off (defaults to ``session_factory``;
+        :mod:`finsecure.detection.states`).
     """
-    rule_set = RuleSet(default_rules() if rules is None else rules)
-    middle = [step for step in (scoring, deep) if step is not None]
+    from finsecure.detection.states import DisabledRulesReader
+
+    states_from = rule_states_from or session_factory
+    rule_set = RuleSet(
+        default_rules() if rules is None else rules,
+        disabled_source=DisabledRulesReader(states_from) if states_from is not None else None,
+    )
+    middle = [step for step in (graph_risk, scoring, deep) if step is not None]
     if session_factory is not None:
         middle.append(BlockedFlagStep(session_factory))
     return [FeatureStep(), *middle, EntityDetectionStep(rule_set, on_hits or _log_hits)]
@@ -123,6 +138,8 @@ class Platform:
     graph: GraphStore = field(init=False)
     """The live entity graph (fed by :attr:`graph_sink`), for the graph API."""
     graph_sink: GraphSink = field(init=False)
+    graph_risk: GraphRisk = field(init=False)
+    """Propagated risk of the graph's entities: model inputs per batch and a term of incident risk."""
     _normalisers: dict[str, Normaliser] = field(init=False, default_factory=dict)
     _normaliser_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
     _demo_thread: threading.Thread | None = field(init=False, default=None)
@@ -150,6 +167,9 @@ class Platform:
         self.alerts.listeners.append(self.responses.submit)
         self.graph_sink = GraphSink(session_factory=self.session_factory)
         self.graph = self.graph_sink.store
+        self.graph_risk = GraphRisk(self.graph)
+        if self.alerts.correlator is not None:
+            self.alerts.correlator.graph_risk = self.graph_risk.entity_risk
         sinks: list[Sink] = [
             LakeSink(self.lake),
             ScoredEventSink(self.session_factory, s.store_score_threshold, outbox=self.outbox),
@@ -164,6 +184,7 @@ class Platform:
                 scoring=self._scoring_step(),
                 session_factory=self.session_factory,
                 deep=self._deep_step(),
+                graph_risk=GraphRiskStep(self.graph_risk),
             ),
             sinks,
             max_rows=s.pipeline_max_rows,
@@ -205,11 +226,18 @@ class Platform:
             )
 
     def _deep_step(self) -> Step | None:
-        """The deep tier, when sequence models are in ``<data_dir>/deep`` (``bench/deep.py train``)."""
+        """The deep tier: sequence models in ``<data_dir>/deep`` (``bench/deep.py train``) and the
+        registry's promoted ones (hot-reloaded like the scoring step's)."""
         from finsecure.ml.deep import DEFAULT_BAND, SequenceScoringStep
+        from finsecure.ml.step import registry_resolver
 
         try:
-            return SequenceScoringStep.from_folder(self.settings.data_dir / "deep", band=DEFAULT_BAND)
+            return SequenceScoringStep.serving(
+                self.settings.data_dir / "deep",
+                registry_resolver(self.session_factory),
+                band=DEFAULT_BAND,
+                reload_interval_s=self.settings.ml_reload_interval_s,
+            )
         except Exception:  # the deep tier simply stays off; the rest of the platform runs
             logger.exception("could not load the deep tier's models; sequence scoring is off")
             return None

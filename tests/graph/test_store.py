@@ -118,3 +118,94 @@ def test_load_from_db__restores_edges_and_blocked_marks(db_session: Session) -> 
     restored.flush_to_db(factory)
     total = db_session.scalar(select(func.sum(Edge.count)))
     assert total == 4
+
+
+def _edge_table(store: GraphStore) -> dict[tuple[str, str, str], tuple[int, float, int, int]]:
+    snap = store.snapshot(max_age_s=0)
+    table = {}
+    for e in range(snap.edge_count):
+        key = (snap.keys[int(snap.src[e])], snap.relation_of(e), snap.keys[int(snap.dst[e])])
+        sums = (int(snap.count[e]), round(float(snap.amount[e]), 6))
+        table[key] = (*sums, int(snap.first_seen[e]), int(snap.last_seen[e]))
+    return table
+
+
+def test_update__matches_merging_aggregated_edges_across_domains_and_batches() -> None:
+    import random
+
+    from finsecure.graph.edges import aggregate_edges
+
+    rnd = random.Random(11)
+
+    def rows(n: int) -> list[dict[str, object]]:
+        return [
+            {
+                "ts": at(rnd.randint(0, 900)),
+                "card_id": rnd.choice(["c1", "c2", "c3", None]),
+                "terminal_id": rnd.choice(["t1", "t2", None]),
+                "merchant_id": rnd.choice(["m1", "c1"]),  # the same key as a card: another node
+                "user_id": rnd.choice(["u1", "u2", None]),
+                "account_id": rnd.choice(["a1", None]),
+                "payee_id": rnd.choice(["p1", "p2"]),
+                "device_id": rnd.choice(["d1", None]),
+                "src_ip": rnd.choice(["10.0.0.1", "10.0.0.2", None]),
+                "dst_ip": rnd.choice(["10.0.0.1", "10.0.0.3"]),
+                "action": rnd.choice(["login", "payee_add", None]),
+                "amount": rnd.choice([1.5, 20.0, None, float("nan")]),
+            }
+            for _ in range(n)
+        ]
+
+    fast, slow = GraphStore(), GraphStore()
+    for domain in ("payment", "auth", "network", "payment", "cloud", "auth"):
+        batch = frame(rows(150))
+        assert fast.update(domain, batch) == slow.add_edges(aggregate_edges(domain, batch))
+    assert fast.node_count == slow.node_count
+    assert _edge_table(fast) == _edge_table(slow)
+    assert len(_edge_table(fast)) > 20
+
+
+def test_node_ids__a_hash_collision_keeps_two_nodes_apart() -> None:
+    import numpy as np
+    import polars as pl
+
+    store = GraphStore()
+    same = np.asarray([42], np.uint64)
+    card = np.asarray([2], np.int8)
+    a = store._node_ids(same, pl.Series(["a"]), card)
+    b = store._node_ids(same.copy(), pl.Series(["b"]), card)
+    assert a.tolist() == [0]
+    assert b.tolist() == [1]
+    assert store._node_ids(same.copy(), pl.Series(["b"]), card).tolist() == [1]
+    assert store._node_ids(same.copy(), pl.Series(["a"]), card).tolist() == [0]
+    assert store._keys == ["card_id:a", "card_id:b"]
+
+
+def test_lookup_ids__finds_known_keys_of_the_type_only() -> None:
+    import polars as pl
+
+    store = GraphStore()
+    store.update(
+        "payment", frame([{"card_id": "x", "terminal_id": "t1"}, {"card_id": "c2", "merchant_id": "x"}])
+    )
+    ids, epoch = store.lookup_ids(pl.Series(["x", "c2", "t1", None, "zz"]), "card_id")
+    assert [store._keys[i] if i >= 0 else None for i in ids.tolist()] == [
+        "card_id:x", "card_id:c2", None, None, None,
+    ]  # fmt: skip
+    assert epoch == store.epoch
+    merchant, _ = store.lookup_ids(pl.Series(["x"]), "merchant_id")
+    assert store._keys[int(merchant[0])] == "merchant_id:x"
+
+
+def test_evict__keeps_ids_consistent_for_later_updates_and_lookups() -> None:
+    import polars as pl
+
+    store = GraphStore(ttl_s=3600)
+    store.update("payment", frame([{"ts": at(0), "card_id": "old", "terminal_id": "t0"}]))
+    store.update("payment", frame([{"ts": at(100), "card_id": "c1", "terminal_id": "t1"}]))
+    assert store.evict() == 1
+    store.update("payment", frame([{"ts": at(101), "card_id": "c1", "terminal_id": "t2"}]))
+    ids, _ = store.lookup_ids(pl.Series(["c1", "old"]), "card_id")
+    assert store._keys[int(ids[0])] == "card_id:c1"
+    assert ids[1] == -1
+    assert sorted(store.snapshot(max_age_s=0).keys) == ["card_id:c1", "terminal_id:t1", "terminal_id:t2"]

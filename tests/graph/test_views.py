@@ -162,3 +162,22 @@ def test_read_entity__without_a_data_plane_is_unavailable(
         token = login(client, user.username)["access_token"]
         response = client.get("/api/graph/communities", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 503
+
+
+def test_built__same_model_as_validation_gives() -> None:
+    import datetime as dt
+
+    from finsecure.graph.schemas import GraphEdge, GraphNode
+    from finsecure.graph.service import _built
+
+    t = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    edge = {"source": "card_id:c", "target": "terminal_id:t", "relation": "used_at", "count": 2}
+    edge |= {"amount": 3.5, "first_seen": t, "last_seen": t}
+    node = {"id": "card_id:c", "type": "card_id", "key": "c", "label": "card c", "risk": 0.5}
+    node |= {"community": None, "blocked": False}
+    for model, values in ((GraphEdge, edge), (GraphNode, node)):
+        built = _built(model, **values)
+        validated = model.model_validate(values)
+        assert built == validated
+        assert built.model_dump_json() == validated.model_dump_json()
+        assert built.model_fields_set == validated.model_fields_set

@@ -486,41 +486,39 @@ def neighbourhood(
     (which say most about this entity). The count of left-out nodes is exact unless walking every
     left-out node would read more than ``budget`` links (busy hubs); it is then an upper bound.
     """
-    graph = snap.graph
+    indptr, neighbour, _ = snap.adjacency()
     scores = risk if risk is not None else np.zeros(snap.node_count)
+    seen = np.zeros(snap.node_count, np.bool_)
+    seen[node] = True
     kept = [node]
-    seen = {node}
     omitted = 0
-    kept_frontier = [node]
-    hidden_frontier: list[int] = []
+    empty = np.zeros(0, np.int64)
+    kept_frontier = np.asarray([node], np.int64)
+    hidden_frontier = empty
     for _ in range(hops):
-        candidates: set[int] = set()
-        for current in kept_frontier:
-            candidates.update(graph.neighbors(current))
-        candidates -= seen
-        hidden: set[int] = set()
-        if hidden_frontier:
-            if sum(graph.degree(hidden_frontier)) <= budget:
-                for current in hidden_frontier:
-                    hidden.update(graph.neighbors(current))
-                hidden -= seen
-                hidden -= candidates
+        candidates = np.unique(neighbour[snap.incident_slots(kept_frontier)])
+        candidates = candidates[~seen[candidates]]
+        hidden = empty
+        if len(hidden_frontier):
+            links = int((indptr[hidden_frontier + 1] - indptr[hidden_frontier]).sum())
+            if links <= budget:
+                hidden = np.unique(neighbour[snap.incident_slots(hidden_frontier)])
+                hidden = np.setdiff1d(hidden[~seen[hidden]], candidates, assume_unique=True)
             else:
-                omitted += sum(graph.degree(hidden_frontier))
-                hidden_frontier = []
-        room = cap - len(kept)
-        ring = sorted(candidates)
+                omitted += links
+        room = max(cap - len(kept), 0)
+        ring = candidates
+        left = hidden
         if len(ring) > room:
-            degrees = graph.degree(ring)
-            ranked = sorted(zip((-float(scores[v]) for v in ring), degrees, ring, strict=True))
-            ring = [v for _, _, v in ranked[: max(room, 0)]]
-        left = (candidates - set(ring)) | hidden
+            ranked = ring[np.lexsort((ring, indptr[ring + 1] - indptr[ring], -scores[ring]))]
+            ring = ranked[:room]
+            left = np.union1d(ranked[room:], hidden)
         omitted += len(left)
-        kept.extend(ring)
-        seen.update(candidates)
-        seen.update(hidden)
+        kept.extend(ring.tolist())
+        seen[candidates] = True
+        seen[hidden] = True
         kept_frontier = ring
-        hidden_frontier = sorted(left)
+        hidden_frontier = left
     return kept, omitted
 
 

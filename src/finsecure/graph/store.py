@@ -46,7 +46,7 @@ from sqlalchemy.orm import Session
 
 from finsecure.entity.models import Edge, Entity
 from finsecure.event.schemas import Domain
-from finsecure.graph.edges import ENTITY_TYPES, RELATION_TEXT, aggregate_edges
+from finsecure.graph.edges import ENTITY_TYPES, RELATION_TEXT, RELATIONS, entity_type_of
 
 __all__ = ["GraphSnapshot", "GraphStore", "node_key", "split_node_key"]
 
@@ -56,6 +56,7 @@ SessionFactory = Callable[[], Session]
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+UIntArray = npt.NDArray[np.uint64]
 
 #: Relation names by their small integer code (the order of :data:`RELATION_TEXT`).
 RELATION_NAMES: tuple[str, ...] = tuple(RELATION_TEXT)
@@ -91,6 +92,73 @@ def _grow(array: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
     grown = np.zeros(max(size, 2 * len(array), 1024), dtype=array.dtype)
     grown[: len(array)] = array
     return grown
+
+
+_HASH_SEED = 0x5EED
+#: Mixed into a key's hash so that equal keys of two entity types are two nodes.
+_TYPE_SALT = np.asarray(
+    [(0x9E3779B97F4A7C15 * (code + 1)) % (1 << 64) for code in range(len(ENTITY_TYPES))], np.uint64
+)
+
+
+def _hash_keys(keys: pl.Series, types: int | npt.NDArray[np.int8]) -> UIntArray:
+    """64-bit hashes of (type, key) for a whole column at once (Polars' vectorised hash)."""
+    hashed: UIntArray = keys.cast(pl.String).hash(seed=_HASH_SEED).to_numpy()
+    return np.bitwise_xor(hashed, _TYPE_SALT[types])
+
+
+def _ts_us(frame: pl.DataFrame) -> pl.Expr:
+    if isinstance(frame.schema["ts"], pl.Datetime):
+        return pl.col("ts").dt.epoch("us")
+    return pl.col("ts").cast(pl.Int64)
+
+
+def _lookup(sorted_keys: npt.NDArray[Any], values: IntArray, keys: npt.NDArray[Any]) -> IntArray:
+    if len(sorted_keys) == 0:
+        return np.full(len(keys), -1, np.int64)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.where(sorted_keys[at] == keys, values[at], -1)
+
+
+class _SortedIndex:
+    """Distinct keys -> ids, looked up many at once (binary search over sorted NumPy arrays).
+
+    New keys go into a small sorted part that is merged into the main part once it holds an eighth as
+    many keys: each key is copied a bounded number of times however the graph grows.
+    """
+
+    def __init__(self, dtype: type[np.generic]) -> None:
+        self._main = np.zeros(0, dtype)
+        self._main_ids = np.zeros(0, np.int64)
+        self._recent = np.zeros(0, dtype)
+        self._recent_ids = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._main) + len(self._recent)
+
+    def find(self, keys: npt.NDArray[Any]) -> IntArray:
+        """The id of each key, ``-1`` for keys not in the index."""
+        out = _lookup(self._main, self._main_ids, keys)
+        if len(self._recent):
+            missing = np.flatnonzero(out < 0)
+            out[missing] = _lookup(self._recent, self._recent_ids, keys[missing])
+        return out
+
+    def add(self, keys: npt.NDArray[Any], ids: IntArray) -> None:
+        """Add distinct keys that are not in the index yet."""
+        if len(keys) == 0:
+            return
+        order = np.argsort(keys)
+        keys, ids = keys[order], ids[order]
+        at = np.searchsorted(self._recent, keys)
+        self._recent = np.insert(self._recent, at, keys)
+        self._recent_ids = np.insert(self._recent_ids, at, ids)
+        if len(self._recent) > max(65_536, len(self._main) // 8):
+            at = np.searchsorted(self._main, self._recent)
+            self._main = np.insert(self._main, at, self._recent)
+            self._main_ids = np.insert(self._main_ids, at, self._recent_ids)
+            self._recent = self._recent[:0]
+            self._recent_ids = self._recent_ids[:0]
 
 
 def _us_to_datetime(us: int) -> dt.datetime:
@@ -164,17 +232,41 @@ class GraphSnapshot:
             "last_seen": last.isoformat() if iso else last,
         }
 
+    def adjacency(self) -> tuple[IntArray, IntArray, IntArray]:
+        """``(indptr, neighbour, edge)``: node ``v`` reaches ``neighbour[indptr[v]:indptr[v + 1]]`` by the
+        edges ``edge[...]`` (compressed sparse rows, built once per snapshot, for vectorised hops)."""
+        with self.lock:
+            cached: tuple[IntArray, IntArray, IntArray] | None = self.results.get("adjacency")
+            if cached is None:
+                m = self.edge_count
+                ends = np.concatenate([self.src, self.dst])
+                order = np.argsort(ends, kind="stable")
+                indptr = np.zeros(self.node_count + 1, np.int64)
+                np.cumsum(np.bincount(ends, minlength=self.node_count), out=indptr[1:])
+                edge_ids = np.concatenate([np.arange(m, dtype=np.int64)] * 2)
+                cached = (indptr, np.concatenate([self.dst, self.src])[order], edge_ids[order])
+                self.results["adjacency"] = cached
+        return cached
+
+    def incident_slots(self, nodes: IntArray) -> IntArray:
+        """Positions in :meth:`adjacency`'s ``neighbour``/``edge`` arrays of every link of ``nodes``."""
+        indptr = self.adjacency()[0]
+        starts = indptr[nodes]
+        lengths = indptr[nodes + 1] - starts
+        total = int(lengths.sum())
+        if total == 0:
+            return np.zeros(0, np.int64)
+        return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total, dtype=np.int64)
+
     def edges_within(self, nodes: Iterable[int]) -> list[int]:
-        """Ids of the edges whose two ends are both in ``nodes``."""
-        members = np.asarray(sorted(set(nodes)), dtype=np.int64)
+        """Ids of the edges whose two ends are both in ``nodes`` (ascending)."""
+        members = np.unique(np.fromiter(nodes, np.int64))
         if len(members) == 0:
             return []
-        incident = [np.asarray(self.graph.incident(int(node)), dtype=np.int64) for node in members]
-        edges = np.unique(np.concatenate(incident))
-        if len(edges) == 0:
-            return []
-        inside = np.isin(self.src[edges], members) & np.isin(self.dst[edges], members)
-        found: list[int] = edges[inside].tolist()
+        edges = np.unique(self.adjacency()[2][self.incident_slots(members)])
+        inside = np.zeros(self.node_count, np.bool_)
+        inside[members] = True
+        found: list[int] = edges[inside[self.src[edges]] & inside[self.dst[edges]]].tolist()
         return found
 
 
@@ -205,13 +297,16 @@ class GraphStore:
     def _reset(self) -> None:
         self._index: dict[str, int] = {}
         self._keys: list[str] = []
+        # the raw key of every node (without its type), for checking hash lookups in bulk
+        self._raw_keys = pl.Series("key", [], pl.String)
         self._node_type = np.zeros(0, np.int8)
         self._blocked = np.zeros(0, np.bool_)
         self._bad = np.zeros(0, np.bool_)
         self._db_id = np.zeros(0, np.int64)
+        # nodes by the 64-bit hash of (type, key), sorted: a vectorised lookup for a whole column
+        self._node_hashes = _SortedIndex(np.uint64)
         # packed (src, dst, relation) keys of the edges, sorted, and the edge slot of each
-        self._edge_keys = np.zeros(0, np.int64)
-        self._edge_slots = np.zeros(0, np.int64)
+        self._edge_index = _SortedIndex(np.int64)
         self._src = np.zeros(0, np.int64)
         self._dst = np.zeros(0, np.int64)
         self._rel = np.zeros(0, np.int8)
@@ -240,96 +335,248 @@ class GraphStore:
     # -- updates -------------------------------------------------------------------------------
 
     def update(self, domain: Domain | str, frame: pl.DataFrame) -> int:
-        """Add the links of one canonical batch; returns how many distinct edges it touched."""
-        edges = aggregate_edges(domain, frame)
-        touched = self.add_edges(edges)
+        """Add the links of one canonical batch; returns how many distinct edges it touched.
+
+        The same links as :func:`~finsecure.graph.edges.aggregate_edges`, computed on integers: each entity
+        column is hashed once, mapped to dense node ids in bulk, and the links are summed by their packed
+        ``(source, target, relation)`` key with NumPy; no Python code runs per event or per edge.
+        """
+        domain = Domain(domain)
+        relations = [
+            rel
+            for rel in RELATIONS[domain]
+            if rel.src_column in frame.columns
+            and rel.dst_column in frame.columns
+            and (rel.only_when is None or rel.only_when[0] in frame.columns)
+        ]
+        if frame.height == 0 or "ts" not in frame.columns or not relations:
+            with self._lock:
+                self.events_seen += frame.height
+            return 0
+        columns = sorted({c for rel in relations for c in (rel.src_column, rel.dst_column)})
+        # one Polars pass computes every column's key hash and null mask, the filters, times and amounts
+        exprs = [_ts_us(frame).fill_null(0).alias("ts")]
+        for c in columns:
+            exprs += [
+                pl.col(c).cast(pl.String).hash(seed=_HASH_SEED).alias(f"hash:{c}"),
+                pl.col(c).is_not_null().alias(f"present:{c}"),
+            ]
+        for rel in relations:
+            if rel.only_when is not None:
+                column, value = rel.only_when
+                exprs.append((pl.col(column) == value).fill_null(False).alias(f"when:{column}={value}"))
+            amount = rel.amount_column
+            if (
+                amount is not None
+                and amount in frame.columns
+                and f"amount:{amount}" not in {e.meta.output_name() for e in exprs}
+            ):
+                raw = pl.col(amount).cast(pl.Float64)
+                exprs.append(pl.when(raw.is_finite()).then(raw).otherwise(0.0).alias(f"amount:{amount}"))
+        computed = frame.select(exprs)
+        hashes = {
+            c: np.bitwise_xor(computed[f"hash:{c}"].to_numpy(), _TYPE_SALT[_TYPE_CODE[entity_type_of(c)]])
+            for c in columns
+        }
+        present = {c: computed[f"present:{c}"].to_numpy() for c in columns}
+        keeps: list[BoolArray] = []
+        used = {c: np.zeros(frame.height, np.bool_) for c in columns}
+        for rel in relations:
+            keep = present[rel.src_column] & present[rel.dst_column]
+            if entity_type_of(rel.src_column) == entity_type_of(rel.dst_column):
+                keep &= hashes[rel.src_column] != hashes[rel.dst_column]
+            if rel.only_when is not None:
+                keep &= computed[f"when:{rel.only_when[0]}={rel.only_when[1]}"].to_numpy()
+            keeps.append(keep)
+            used[rel.src_column] |= keep
+            used[rel.dst_column] |= keep
+        ts = computed["ts"].to_numpy().astype(np.int64, copy=False)
         with self._lock:
             self.events_seen += frame.height
-        return touched
+            ids = {
+                c: self._column_ids(frame[c], hashes[c], used[c], _TYPE_CODE[entity_type_of(c)])
+                for c in columns
+            }
+            packed_parts: list[IntArray] = []
+            amount_parts: list[FloatArray] = []
+            ts_parts: list[IntArray] = []
+            for rel, keep in zip(relations, keeps, strict=True):
+                rows = np.flatnonzero(keep)
+                if len(rows) == 0:
+                    continue
+                src, dst = ids[rel.src_column][rows], ids[rel.dst_column][rows]
+                packed_parts.append(
+                    (src << (_NODE_BITS + _REL_BITS)) | (dst << _REL_BITS) | _RELATION_CODE[rel.relation]
+                )
+                if f"amount:{rel.amount_column}" in computed.columns:
+                    amount_parts.append(computed[f"amount:{rel.amount_column}"].to_numpy()[rows])
+                else:
+                    amount_parts.append(np.zeros(len(rows), np.float64))
+                ts_parts.append(ts[rows])
+            if not packed_parts:
+                return 0
+            packed = np.concatenate(packed_parts)
+            order = np.argsort(packed)
+            packed = packed[order]
+            starts = np.flatnonzero(np.concatenate(([True], packed[1:] != packed[:-1])))
+            ts_sorted = np.concatenate(ts_parts)[order]
+            return self._merge(
+                packed[starts],
+                np.diff(np.append(starts, len(packed))).astype(np.int64),
+                np.add.reduceat(np.concatenate(amount_parts)[order], starts),
+                np.minimum.reduceat(ts_sorted, starts),
+                np.maximum.reduceat(ts_sorted, starts),
+            )
 
-    def _node_ids(self, types: pl.Series, keys: pl.Series) -> IntArray:
-        """Dense ids of the nodes named by ``types`` and ``keys``, creating the new ones."""
-        full = (types + ":" + keys).rename("node")
-        names: list[str] = full.unique().to_list()
+    def _column_ids(self, keys: pl.Series, hashes: UIntArray, used: BoolArray, type_code: int) -> IntArray:
+        """Dense node ids of the ``used`` rows of one entity column (``-1`` elsewhere), creating new nodes."""
+        out = np.full(len(keys), -1, np.int64)
+        rows = np.flatnonzero(used)
+        if len(rows) == 0:
+            return out
+        unique, first, inverse = np.unique(hashes[rows], return_index=True, return_inverse=True)
+        names = keys.cast(pl.String).gather(rows[first])
+        types = np.full(len(unique), type_code, np.int8)
+        out[rows] = self._node_ids(unique, names, types)[inverse.reshape(-1)]
+        return out
+
+    def _node_ids(self, hashes: UIntArray, keys: pl.Series, types: npt.NDArray[np.int8]) -> IntArray:
+        """Dense ids of distinct nodes given by their hash, raw key and type code; new ones are created.
+
+        Found hashes are checked against the stored keys in bulk; a (very unlikely) hash collision is
+        resolved by the exact ``"<type>:<key>"`` dictionary.
+        """
+        ids = self._node_hashes.find(hashes)
+        found = np.flatnonzero(ids >= 0)
+        if len(found):
+            stored = self._raw_keys.gather(ids[found])
+            same = (stored == keys.gather(found)).to_numpy() & (self._node_type[ids[found]] == types[found])
+            ids[found[~same]] = -1
+        missing = np.flatnonzero(ids < 0)
+        if len(missing) == 0:
+            return ids
+        names = [
+            f"{ENTITY_TYPES[t]}:{k}"
+            for t, k in zip(types[missing].tolist(), keys.gather(missing).to_list(), strict=True)
+        ]
         index = self._index
-        ids: list[int] = [index.get(name, -1) for name in names]
-        if -1 in ids:  # new nodes (rare once the graph is warm): numbered in bulk
-            new = [name for name, found in zip(names, ids, strict=True) if found < 0]
-            start = len(self._keys)
-            n = start + len(new)
-            index.update(zip(new, range(start, n), strict=True))
-            self._keys.extend(new)
-            ids = [index[name] for name in names]
+        known = [index.get(name, -1) for name in names]  # collisions found earlier, or nodes not hashed
+        new = [i for i, k in enumerate(known) if k < 0]
+        start = len(self._keys)
+        n = start + len(new)
+        for offset, i in enumerate(new):
+            known[i] = start + offset
+            index[names[i]] = start + offset
+        ids[missing] = known
+        if new:
+            new_rows = missing[new]
+            self._keys.extend(names[i] for i in new)
+            self._raw_keys = self._raw_keys.append(keys.gather(new_rows))
+            if self._raw_keys.n_chunks() > 64:
+                self._raw_keys = self._raw_keys.rechunk()
             self._node_type = _grow(self._node_type, n)
             self._blocked = _grow(self._blocked, n)
             self._bad = _grow(self._bad, n)
             self._db_id = _grow(self._db_id, n)
-            self._node_type[start:n] = np.asarray([_TYPE_CODE[k.partition(":")[0]] for k in new], np.int8)
-        mapping = pl.DataFrame({"node": names, "id": ids}, schema={"node": pl.String, "id": pl.Int64})
-        mapped = full.to_frame().join(mapping, on="node", how="left", maintain_order="left")["id"]
-        return mapped.to_numpy().astype(np.int64, copy=False)
+            self._node_type[start:n] = types[new_rows]
+            # a new hash equal to a stored one (another key) stays out of the hash index: the dictionary
+            # finds that node
+            new_hashes = hashes[new_rows]
+            fresh = self._node_hashes.find(new_hashes) < 0
+            _, distinct = np.unique(new_hashes, return_index=True)
+            fresh &= np.isin(np.arange(len(new_hashes)), distinct)
+            self._node_hashes.add(new_hashes[fresh], np.arange(start, n, dtype=np.int64)[fresh])
+        return ids
+
+    def lookup_ids(self, keys: pl.Series, entity_type: str) -> tuple[IntArray, int]:
+        """Dense node ids of a column of keys of one entity type (``-1`` for unknown keys and nulls), and
+        the :attr:`epoch` they belong to (ids change when the epoch does). Vectorised, read-only.
+
+        >>> import datetime as dt
+        >>> store = GraphStore()
+        >>> _ = store.update("payment", pl.DataFrame({"ts": [dt.datetime(2026, 1, 1)], "card_id": ["c1"],
+        ...     "terminal_id": ["t1"]}))
+        >>> store.lookup_ids(pl.Series(["t1", None, "c1"]), "terminal_id")[0].tolist()
+        [1, -1, -1]
+        """
+        code = _TYPE_CODE[entity_type]
+        hashes = _hash_keys(keys, code)
+        present = keys.is_not_null().to_numpy()
+        with self._lock:
+            ids = np.where(present, self._node_hashes.find(hashes), -1)
+            found = np.flatnonzero(ids >= 0)
+            if len(found):
+                same = (self._raw_keys.gather(ids[found]) == keys.cast(pl.String).gather(found)).to_numpy()
+                same &= self._node_type[ids[found]] == code
+                ids[found[~same]] = -1
+            # keys whose hash collided with another key's are only in the dictionary (very rare)
+            if len(self._index) > len(self._node_hashes):
+                missing = np.flatnonzero(present & (ids < 0))
+                names = keys.cast(pl.String).gather(missing).to_list()
+                ids[missing] = [self._index.get(f"{entity_type}:{k}", -1) for k in names]
+            return ids, self.epoch
 
     def add_edges(self, edges: pl.DataFrame) -> int:
-        """Merge an aggregated edge frame (:data:`~finsecure.graph.edges.EDGE_SCHEMA`) into the graph."""
+        """Merge an aggregated edge frame (:data:`~finsecure.graph.edges.EDGE_SCHEMA`) into the graph.
+
+        Each ``(relation, source, target)`` must appear once in ``edges`` (as :func:`aggregate_edges`
+        and :func:`merge_edges` return them).
+        """
         if edges.height == 0:
             return 0
+        keys = pl.concat([edges["src_key"], edges["dst_key"]]).cast(pl.String)
+        types = (
+            pl.concat([edges["src_type"], edges["dst_type"]])
+            .replace_strict(ENTITY_TYPES, range(len(ENTITY_TYPES)), return_dtype=pl.Int8)
+            .to_numpy()
+        )
+        hashes = _hash_keys(keys, types)
+        rel = edges["relation"].replace_strict(
+            RELATION_NAMES, range(len(RELATION_NAMES)), return_dtype=pl.Int64
+        )
         with self._lock:
-            both = self._node_ids(
-                pl.concat([edges["src_type"], edges["dst_type"]]),
-                pl.concat([edges["src_key"], edges["dst_key"]]),
-            )
+            unique, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+            both = self._node_ids(unique, keys.gather(first), types[first])[inverse.reshape(-1)]
             src, dst = both[: edges.height], both[edges.height :]
-            rel = edges["relation"].replace_strict(
-                RELATION_NAMES, range(len(RELATION_NAMES)), return_dtype=pl.Int64
+            packed = (src << (_NODE_BITS + _REL_BITS)) | (dst << _REL_BITS) | rel.to_numpy().astype(np.int64)
+            return self._merge(
+                packed,
+                edges["count"].to_numpy().astype(np.int64, copy=False),
+                edges["amount"].cast(pl.Float64).to_numpy(),
+                edges["first_seen"].to_numpy().astype(np.int64, copy=False),
+                edges["last_seen"].to_numpy().astype(np.int64, copy=False),
             )
-            rel_np = rel.to_numpy().astype(np.int64, copy=False)
-            packed = (src << (_NODE_BITS + _REL_BITS)) | (dst << _REL_BITS) | rel_np
-            where = self._find_edges(packed)
-            new = where < 0
-            n_new = int(new.sum())
-            if n_new:
-                start = self._n_edges
-                end = start + n_new
-                self._grow_edges(end)
-                slots = np.arange(start, end, dtype=np.int64)
-                where[new] = slots
-                self._index_edges(packed[new], slots)
-                self._src[start:end] = src[new]
-                self._dst[start:end] = dst[new]
-                self._rel[start:end] = rel_np[new]
-                self._first[start:end] = np.iinfo(np.int64).max
-                self._last[start:end] = np.iinfo(np.int64).min
-                self._n_edges = end
-            first = edges["first_seen"].to_numpy()
-            last = edges["last_seen"].to_numpy()
-            # every edge appears once in an aggregated frame, so plain fancy indexing adds correctly
-            self._count[where] += edges["count"].to_numpy()
-            self._amount[where] += edges["amount"].to_numpy()
-            self._first[where] = np.minimum(self._first[where], first)
-            self._last[where] = np.maximum(self._last[where], last)
-            self._dirty[where] = True
-            self.now_us = max(self.now_us, int(last.max()))
-            self.version += 1
-            return len(packed)
 
-    def _find_edges(self, packed: IntArray) -> IntArray:
-        """The slot of each packed edge key, or -1 for edges not seen yet (a vectorised sorted lookup)."""
-        keys = self._edge_keys
-        if len(keys) == 0:
-            return np.full(len(packed), -1, np.int64)
-        at = np.searchsorted(keys, packed)
-        inside = at < len(keys)
-        found = np.zeros(len(packed), np.bool_)
-        found[inside] = keys[at[inside]] == packed[inside]
-        return np.where(found, self._edge_slots[np.minimum(at, len(keys) - 1)], -1)
-
-    def _index_edges(self, packed: IntArray, slots: IntArray) -> None:
-        """Add new edge keys to the sorted index (one O(n) insert per batch, not per edge)."""
-        order = np.argsort(packed)
-        packed, slots = packed[order], slots[order]
-        at = np.searchsorted(self._edge_keys, packed)
-        self._edge_keys = np.insert(self._edge_keys, at, packed)
-        self._edge_slots = np.insert(self._edge_slots, at, slots)
+    def _merge(
+        self, packed: IntArray, count: IntArray, amount: FloatArray, first: IntArray, last: IntArray
+    ) -> int:
+        """Add distinct packed edges (with their sums) to the edge arrays; call under the lock."""
+        where = self._edge_index.find(packed)
+        new = where < 0
+        n_new = int(new.sum())
+        if n_new:
+            start = self._n_edges
+            end = start + n_new
+            self._grow_edges(end)
+            slots = np.arange(start, end, dtype=np.int64)
+            where[new] = slots
+            fresh = packed[new]
+            self._edge_index.add(fresh, slots)
+            self._src[start:end] = fresh >> (_NODE_BITS + _REL_BITS)
+            self._dst[start:end] = (fresh >> _REL_BITS) & ((1 << _NODE_BITS) - 1)
+            self._rel[start:end] = fresh & ((1 << _REL_BITS) - 1)
+            self._first[start:end] = np.iinfo(np.int64).max
+            self._last[start:end] = np.iinfo(np.int64).min
+            self._n_edges = end
+        # every edge appears once in ``packed``, so plain fancy indexing adds correctly
+        self._count[where] += count
+        self._amount[where] += amount
+        self._first[where] = np.minimum(self._first[where], first)
+        self._last[where] = np.maximum(self._last[where], last)
+        self._dirty[where] = True
+        self.now_us = max(self.now_us, int(last.max()))
+        self.version += 1
+        return len(packed)
 
     def _grow_edges(self, size: int) -> None:
         self._src = _grow(self._src, size)
@@ -406,9 +653,13 @@ class GraphStore:
                 | (self._dst << _REL_BITS)
                 | self._rel.astype(np.int64)
             )
-            order = np.argsort(packed, kind="stable")
-            self._edge_keys = packed[order]
-            self._edge_slots = order.astype(np.int64)
+            self._edge_index = _SortedIndex(np.int64)
+            self._edge_index.add(packed, np.arange(len(packed), dtype=np.int64))
+            self._raw_keys = self._raw_keys.gather(old_ids).rechunk()
+            self._node_hashes = _SortedIndex(np.uint64)
+            hashes = _hash_keys(self._raw_keys, self._node_type)
+            _, distinct = np.unique(hashes, return_index=True)  # collided keys are found by the dictionary
+            self._node_hashes.add(hashes[distinct], distinct.astype(np.int64))
             self.version += 1
             self.epoch += 1
             return removed

@@ -126,15 +126,21 @@ def fit_simulated(
     *, kinds: Sequence[str] = FAST_KINDS, customers: int = 10_000, hours: float = 24.0, seed: int = 7
 ) -> list[tuple[FittedTier, pl.DataFrame]]:
     """The fast tier of every domain fitted on a simulated day, with each domain's validation rows."""
+    from finsecure.graph.risk import GRAPH_RISK_COLUMNS, risk_history
+
     fitted = []
     for domain, frame in simulated_frames(customers=customers, hours=hours, seed=seed).items():
+        # propagated graph risk as the live pipeline adds it, from earlier hours' labels only
+        frame = risk_history(frame, domain, period_s=3600.0, window_s=hours * 3600.0)
         # Campaigns come in bursts: a random (seeded) 80/20 split gives both sides labelled events.
         is_val = pl.Series(np.random.default_rng(seed).random(frame.height) < 0.2)
         train, validation = frame.filter(~is_val), frame.filter(is_val)
         if int(train["label"].fill_null(0).sum()) < 10 or int(validation["label"].fill_null(0).sum()) < 5:
             logger.warning("simulated %s: too few labelled events to train on; skipped", domain.value)
             continue
-        fitted.append((fit_tier(train, validation, domain, kinds=kinds, seed=seed), validation))
+        extra = GRAPH_RISK_COLUMNS[domain]
+        tier = fit_tier(train, validation, domain, kinds=kinds, seed=seed, extra_features=extra)
+        fitted.append((tier, validation))
     return fitted
 
 

@@ -179,6 +179,11 @@ def describe_feature(domain: Domain | str, name: str) -> str:
     feedback = describe(name)
     if feedback is not None:
         return feedback
+    from finsecure.graph.risk import describe as describe_graph
+
+    graph = describe_graph(name)
+    if graph is not None:
+        return graph
     noun = {"payment": "payment", "auth": "sign-in", "cloud": "cloud call", "network": "connection"}[d.value]
     column = name.removeprefix("cat__")
     if name.startswith("cat__") or name in arrow_schema(d).names:
