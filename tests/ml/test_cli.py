@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -95,3 +96,31 @@ def test_train_cli__fits_on_the_lake_with_its_labels(
     result = runner.invoke(app, ["train", "--dataset", "lake", "--domain", "payment", "--model", "gbdt"])
     assert result.exit_code == 0, result.output
     assert "registered payment_gbdt v3" in result.output
+
+
+def test_models_cli__add_deep_registers_and_promotes_a_sequence_model(
+    registered: str, tmp_path: Path
+) -> None:
+    import json
+
+    from finsecure.features.history import HistorySpec
+    from finsecure.ml.deep import train_sequence_model
+    from tests.ml.nn.test_deep import _payments
+
+    frame = _payments(160, cards=8)
+    spec = HistorySpec(key="card_id", features=("amount",), steps=3)
+    rows = np.arange(frame.height) < 120
+    result = train_sequence_model(
+        "lstm", frame, {"train": rows}, domain="payment", history=spec, epochs=1, hidden=4, threads=1
+    )
+    result.model.export_onnx(tmp_path / "lstm-cards.onnx")
+    (tmp_path / "lstm-cards.json").write_text(json.dumps(result.metadata(), default=float))
+    added = runner.invoke(app, ["models", "add-deep", str(tmp_path / "lstm-cards.onnx"), "--promote"])
+    assert added.exit_code == 0, added.output
+    assert "registered lstm-cards v1 (production)" in added.output
+    assert _production(registered)["lstm-cards"] == 1
+    listed = runner.invoke(app, ["models", "list"])
+    assert "lstm-cards" in listed.output
+    missing = runner.invoke(app, ["models", "add-deep", str(tmp_path / "nothing.onnx")])
+    assert missing.exit_code == 1
+    assert "not the metadata of a deep model" in " ".join(missing.output.split())

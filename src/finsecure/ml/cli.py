@@ -103,7 +103,13 @@ def train_command(
             protocol = protocols(info, parts)[0]
             domain = "network" if info.format_name == "nsl-kdd" else "payment"
             tier = fit_tier(
-                protocol.train, protocol.validation, domain, kinds=kinds, time_features=info.time_features
+                protocol.train,
+                protocol.validation,
+                domain,
+                kinds=kinds,
+                time_features=info.time_features,
+                params=info.params,
+                novelty=info.novelty,
             )
             rows = register_tier(
                 db_session=db_session,
@@ -170,6 +176,36 @@ def models_list() -> None:
                 f"{row.name:<24} {row.version:>7} {row.kind:<12} {row.domain:<8} {row.stage.value:<11} "
                 f"{row.threshold:>9.3f} {shown:>6}"
             )
+
+
+@models_app.command("add-deep")
+def models_add_deep(
+    onnx: Annotated[Path, typer.Argument(help="A deep model's .onnx file (its .json beside it)")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the file's name)")] = None,
+    promote: Annotated[bool, typer.Option(help="Serve the new version at once")] = False,
+) -> None:
+    """Register a deep model written by `bench/deep.py train` (e.g. var/deep/lstm-sparkov.onnx)."""
+    from finsecure.ml import registry
+    from finsecure.ml.contract import ModelError
+    from finsecure.ml.deep import register_files
+
+    settings = get_settings()
+    try:
+        with _db(settings) as db_session:
+            row = register_files(
+                db_session=db_session,
+                data_dir=settings.data_dir,
+                onnx_path=onnx,
+                metadata_path=onnx.with_suffix(".json"),
+                name=name,
+            )
+            if promote:
+                row = registry.promote(db_session=db_session, name=row.name, version=row.version)
+            console.print(f"registered {row.name} v{row.version} ({row.stage.value}) at {row.artefact_path}")
+    except ModelError as exc:
+        raise _fail(str(exc)) from exc
+    except AppError as exc:
+        raise _fail(exc.message) from exc
 
 
 @models_app.command("promote")

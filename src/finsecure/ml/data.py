@@ -42,6 +42,9 @@ class DatasetInfo:
     """Entity whose confirmed fraud, known 7 days late, becomes features (:mod:`finsecure.ml.feedback`)."""
     params: dict[str, dict[str, object]] = field(default_factory=dict)
     """Hyper-parameters per model kind for this dataset (default: the serving defaults)."""
+    novelty: str | None = None
+    """Column naming each bad row's kind (attack name): the ensemble is then chosen on scores of kinds the
+    model did not see in training (:func:`finsecure.ml.train.fit_tier`), as the test files hold new ones."""
 
 
 _LARGER_GBDT: dict[str, object] = {"n_estimators": 300, "learning_rate": 0.05}
@@ -57,6 +60,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "KDDTest-21": "nsl-kdd/KDDTest-21.txt.gz",
         },
         time_features=False,
+        novelty="label_detail",
     ),
     "fraud-handbook": DatasetInfo(
         "fraud-handbook",

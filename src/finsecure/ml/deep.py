@@ -67,7 +67,10 @@ from finsecure.pipeline.batch import Batch, Step
 if TYPE_CHECKING:
     import onnxruntime as ort
     import torch
+    from sqlalchemy.orm import Session
     from torch import nn
+
+    from finsecure.model.models import ModelVersion
 
 __all__ = [
     "DEFAULT_BAND",
@@ -81,6 +84,8 @@ __all__ = [
     "TrainReport",
     "TransformerModel",
     "export_module_onnx",
+    "register_files",
+    "register_training",
     "score_metrics",
     "sequence_inputs",
     "train_module",
@@ -319,12 +324,12 @@ def export_module_onnx(module: nn.Module, *, steps: int, n_features: int, rank: 
 def _session(onnx_bytes: bytes, threads: int) -> ort.InferenceSession:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    from finsecure.ml.contract import session_options
+
     try:
-        return ort.InferenceSession(onnx_bytes, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            onnx_bytes, sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own exception types for every kind of bad graph
         raise ModelError(f"cannot load the ONNX graph: {exc}") from exc
 
@@ -583,6 +588,8 @@ class DeepTraining:
     threshold: float
     metrics: dict[str, dict[str, float]]
     scores: dict[str, FloatArray] = field(default_factory=dict)
+    fingerprint: str = "not recorded"
+    """Hash of the training rows and labels (:func:`finsecure.ml.data.fingerprint`)."""
 
     def metadata(self) -> dict[str, Any]:
         """JSON-ready description: what the registry stores beside the ONNX file."""
@@ -594,6 +601,7 @@ class DeepTraining:
             "history": None if self.history is None else json.loads(self.history.fingerprint()),
             "threshold": self.threshold,
             "metrics": self.metrics,
+            "data_fingerprint": self.fingerprint,
             "training": {
                 "best_epoch": self.model.report_.best_epoch,
                 "epochs_run": self.model.report_.epochs_run,
@@ -782,7 +790,10 @@ def train_sequence_model(
         chosen = np.flatnonzero(mask)
         scores[split] = model.predict_proba(X_all[chosen])
         metrics[split] = score_metrics(y_all[chosen], scores[split], threshold)
-    return DeepTraining(model, designs, history, threshold, metrics, scores)
+    from finsecure.ml.data import fingerprint
+
+    trained_on = fingerprint(X_all[train_rows], y_all[train_rows])
+    return DeepTraining(model, designs, history, threshold, metrics, scores, fingerprint=trained_on)
 
 
 # -- serving sequence models -------------------------------------------------------------------------
@@ -801,6 +812,44 @@ class ServedSequenceModel:
     designs: dict[str, DesignSpec]
     spec: HistorySpec
     threshold: float
+    version: int | None = None
+    """The registry version (None: not served from the registry)."""
+    path: Path | None = None
+    """The registry's artefact folder it was loaded from."""
+
+    @classmethod
+    def from_artefact(cls, folder: Path | str, *, threads: int = 2) -> ServedSequenceModel:
+        """Load a registered sequence model's artefact folder (checked by
+        :func:`finsecure.ml.registry.load_artefact`: hash, shapes, a finite score); needs no PyTorch.
+
+        Raises
+        ------
+        ModelError
+            A broken artefact, or one of a tabular model.
+        """
+        from finsecure.ml.registry import ONNX_FILE, load_artefact
+
+        loaded = load_artefact(folder, intra_op_threads=threads, explain=False)
+        meta = loaded.metadata
+        if not loaded.is_sequence:
+            raise ModelError(f"{folder}: not a sequence model (the scoring step serves it)")
+        try:
+            spec = HistorySpec.from_dict(meta["history"])
+            designs = {domain: DesignSpec.from_dict(d) for domain, d in meta["designs"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ModelError(f"{folder}: bad history or designs in the metadata ({exc})") from exc
+        model_class = MODELS.get(loaded.kind)
+        if model_class is None:
+            raise ModelError(f"{folder}: unknown sequence model kind {loaded.kind!r}")
+        model = model_class.from_onnx(
+            (loaded.path / ONNX_FILE).read_bytes(),
+            feature_names=spec.feature_names,
+            domain=str(meta["domain"]),
+            threads=threads,
+        )
+        if model.rank_ != 3 or model.steps_ != spec.steps:
+            raise ModelError(f"{folder}: the graph does not take {spec.steps}-step sequences")
+        return cls(loaded.name, model, designs, spec, loaded.threshold, loaded.version, loaded.path)
 
     @classmethod
     def from_training(cls, name: str, training: DeepTraining) -> ServedSequenceModel:
@@ -843,6 +892,101 @@ class ServedSequenceModel:
         return cls(Path(onnx_path).stem, model, designs, spec, threshold)
 
 
+def _is_sequence_artefact(folder: Path) -> bool:
+    try:
+        return "history" in json.loads((folder / "metadata.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return True  # let the loader say what is wrong with it
+
+
+def register_training(
+    *,
+    db_session: Session,
+    data_dir: Path,
+    name: str,
+    training: DeepTraining,
+    dataset: str,
+) -> ModelVersion:
+    """Register a trained deep model (:func:`train_sequence_model`) as a new candidate version of ``name``:
+    a sequence model with its history spec, a tabular CNN like any tabular model."""
+    from finsecure.ml import registry
+
+    model = training.model
+    design = training.designs.get(model.domain) or next(iter(training.designs.values()))
+    validation = training.metrics.get("validation", {})
+    metrics: dict[str, Any] = {
+        k: float(v) for k, v in validation.items() if k in ("roc_auc", "average_precision", "accuracy")
+    }
+    for split, values in training.metrics.items():
+        if split != "validation":
+            for k in ("roc_auc", "average_precision", "accuracy", "card_precision_at_100"):
+                if k in values:
+                    metrics[f"{split} {k}"] = float(values[k])
+    report = getattr(model, "report_", None)
+    extra = {"training": {"best_epoch": report.best_epoch, "epochs_run": report.epochs_run}} if report else {}
+    return registry.register(
+        db_session=db_session,
+        data_dir=data_dir,
+        name=name,
+        model=model,
+        design=design,
+        data_fingerprint=training.fingerprint,
+        metrics=metrics,
+        threshold=training.threshold,
+        dataset=dataset,
+        extra=extra,
+        history=training.history,
+        designs=training.designs,
+    )
+
+
+def register_files(
+    *,
+    db_session: Session,
+    data_dir: Path,
+    onnx_path: Path,
+    metadata_path: Path,
+    name: str | None = None,
+    dataset: str | None = None,
+) -> ModelVersion:
+    """Register a deep model written as files (``<name>.onnx`` and ``<name>.json``, as ``bench/deep.py
+    train`` writes them to ``<data_dir>/deep``) as a new candidate version; needs no PyTorch.
+
+    Raises
+    ------
+    ModelError
+        Unreadable files or metadata that does not describe a deep model.
+    """
+    try:
+        meta = json.loads(Path(metadata_path).read_text())
+        kind, domain = str(meta["model"]), str(meta["domain"])
+        designs = {d: DesignSpec.from_dict(v) for d, v in meta["designs"].items()}
+        history = HistorySpec.from_dict(meta["history"]) if meta.get("history") else None
+        features = tuple(str(f) for f in meta["feature_names"])
+        onnx_bytes = Path(onnx_path).read_bytes()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"{metadata_path}: not the metadata of a deep model ({exc})") from exc
+    model_class = MODELS.get(kind)
+    if model_class is None:
+        raise ModelError(f"{metadata_path}: unknown deep model kind {kind!r}")
+    model = model_class.from_onnx(onnx_bytes, feature_names=features, domain=domain, threads=1)
+    training = DeepTraining(
+        model,
+        designs,
+        history,
+        float(meta["threshold"]),
+        dict(meta.get("metrics") or {}),
+        fingerprint=str(meta.get("data_fingerprint") or "not recorded"),
+    )
+    return register_training(
+        db_session=db_session,
+        data_dir=data_dir,
+        name=name or Path(onnx_path).stem,
+        training=training,
+        dataset=dataset or f"files {Path(onnx_path).name}",
+    )
+
+
 DEFAULT_BAND = (0.05, 0.95)
 """The fast-tier scores routed to the deep tier in the platform: the ones it is unsure about."""
 
@@ -859,12 +1003,21 @@ class SequenceScoringStep(Step):
     writes) is in ``[low, high)`` or missing are scored by the deep models; the others get a null deep
     score. Rows of a batch without a ``score`` column are all scored.
 
+    Registry: with a ``resolver`` (:func:`finsecure.ml.step.registry_resolver`), the promoted sequence
+    models of the registry are served too, re-read between batches at most every ``reload_interval_s``: a
+    newly promoted version serves from the next batch on (keeping the entity histories when its history
+    spec is the same), and a version that fails to load leaves the previous one serving.
+
     Parameters
     ----------
     models
-        What to serve.
+        What to serve from the start (e.g. the files of ``<data_dir>/deep``).
     band
         The uncertain band routed to the deep tier (None: score every row).
+    resolver
+        Returns the registry's production artefact folders (tabular ones are ignored here).
+    reload_interval_s, threads
+        How often to ask the resolver, at most; ONNX Runtime threads per loaded model.
     """
 
     def __init__(
@@ -873,13 +1026,70 @@ class SequenceScoringStep(Step):
         *,
         band: tuple[float, float] | None = None,
         step_id: str = "deep",
+        resolver: Callable[[], Sequence[Path | str]] | None = None,
+        reload_interval_s: float = 5.0,
+        threads: int = 2,
     ) -> None:
         self.step_id = step_id
         self.band = band
+        self.resolver = resolver
+        self.reload_interval_s = reload_interval_s
+        self.threads = threads
+        self._fixed = list(models)
+        self._registered: dict[str, ServedSequenceModel] = {}
+        self._next_check = 0.0
         self.models = list(models)
         self.histories = {m.name: SequenceHistory(m.spec) for m in self.models}
         self.routed = 0
         self.events = 0
+        self.reloads = 0
+        self.load_errors = 0
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Serve the registry's promoted sequence models (see the class docstring); True on a change."""
+        now = time.monotonic()
+        if self.resolver is None or (not force and now < self._next_check):
+            return False
+        self._next_check = now + self.reload_interval_s
+        try:
+            wanted = [Path(p) for p in self.resolver()]
+        except Exception:  # an unreachable registry must not stop scoring with what we have
+            logger.exception("deep tier: could not read the model registry; keeping the current models")
+            return False
+        current = {m.path.resolve(): m for m in self._registered.values() if m.path is not None}
+        served: dict[str, ServedSequenceModel] = {}
+        failed: set[str] = set()
+        for path in wanted:
+            model = current.get(path.resolve())
+            if model is None:
+                if not _is_sequence_artefact(path):
+                    continue
+                try:
+                    model = ServedSequenceModel.from_artefact(path, threads=self.threads)
+                except (ModelError, OSError) as exc:
+                    self.load_errors += 1
+                    failed.add(path.parent.name)
+                    logger.error("deep tier: refused model artefact %s: %s", path, exc)
+                    continue
+                logger.info("deep tier: now serving %s v%s", model.name, model.version)
+            served[model.name] = model
+        for name in failed:  # a version that cannot load leaves the previous one serving
+            if name in self._registered and name not in served:
+                served[name] = self._registered[name]
+        before = {n: m.path for n, m in self._registered.items()}
+        if before == {n: m.path for n, m in served.items()}:
+            return False
+        self._registered = served
+        models = {m.name: m for m in self._fixed}
+        models.update(served)  # a registered model replaces a file of the same name
+        histories = {}
+        for name, model in models.items():
+            old = self.histories.get(name)
+            same = old is not None and old.spec.fingerprint() == model.spec.fingerprint()
+            histories[name] = old if same and old is not None else SequenceHistory(model.spec)
+        self.models, self.histories = list(models.values()), histories
+        self.reloads += 1
+        return True
 
     @classmethod
     def from_folder(
@@ -901,6 +1111,29 @@ class SequenceScoringStep(Step):
                 logger.error("deep tier: refused %s: %s", onnx_path, exc)
         return cls(models, band=band) if models else None
 
+    @classmethod
+    def serving(
+        cls,
+        folder: Path,
+        resolver: Callable[[], Sequence[Path | str]] | None,
+        *,
+        band: tuple[float, float] | None = None,
+        reload_interval_s: float = 5.0,
+        threads: int = 2,
+    ) -> SequenceScoringStep:
+        """The platform's deep tier: the sequence models written to ``folder`` (as :meth:`from_folder`)
+        and the registry's promoted ones (``resolver``), even when there are none yet."""
+        files = cls.from_folder(folder, threads=threads) if Path(folder).is_dir() else None
+        step = cls(
+            files.models if files is not None else [],
+            band=band,
+            resolver=resolver,
+            reload_interval_s=reload_interval_s,
+            threads=threads,
+        )
+        step.refresh(force=True)
+        return step
+
     def _covers(self, served: ServedSequenceModel, domain: str) -> bool:
         if served.spec.domains:
             return domain in served.spec.domains
@@ -908,6 +1141,7 @@ class SequenceScoringStep(Step):
 
     def process(self, batch: Batch) -> Batch:
         """Record the batch in each history and add the deep scores of the routed rows."""
+        self.refresh()
         domain = str(batch.domain)
         frame = batch.frame
         if frame.height == 0:

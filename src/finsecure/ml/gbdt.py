@@ -136,7 +136,9 @@ class GbdtModel:
     def contributions(self, X: np.ndarray) -> np.ndarray:
         """LightGBM ``pred_contrib``: per row, each feature's push on the log-odds (last column: the bias)."""
         Xf = _as_matrix(X, len(self.feature_names)).astype(np.float64)
-        out = self._booster().predict(Xf, pred_contrib=True, num_iteration=self.best_iteration)
+        out = self._booster().predict(
+            Xf, pred_contrib=True, num_iteration=self.best_iteration, num_threads=self.threads
+        )
         return np.asarray(out, dtype=np.float64)
 
     # --- online ------------------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ class GbdtModel:
     def load_native(cls, path: Path, *, domain: str, feature_names: tuple[str, ...]) -> GbdtModel:
         import lightgbm as lgb
 
-        model = cls(domain, feature_names)
+        model = cls(domain, feature_names, threads=1)  # explaining a few flagged rows: one thread is enough
         try:
             model.booster_ = lgb.Booster(model_file=str(path))
         except lgb.basic.LightGBMError as exc:

@@ -8,6 +8,13 @@ An artefact folder ``<data_dir>/models/<name>/v<version>/`` holds:
 * ``MODEL_CARD.md``: the same in words, for people;
 * ``native.txt`` (LightGBM only): the booster, used to explain scores with per-feature contributions.
 
+Sequence models (the deep tier's LSTM and Transformer, which read an entity's recent events) are
+registered the same way with their history spec (:class:`~finsecure.features.history.HistorySpec`): the
+metadata then also holds ``history`` (entity key, features, sequence length), ``steps``, and ``designs``
+(one input design per domain the history reads); ``features`` are the per-step features. The scoring step
+leaves them to the deep tier's :class:`~finsecure.ml.deep.SequenceScoringStep`, which serves the promoted
+versions from the registry too.
+
 Promoting a version makes it the one the pipeline serves for its name (the previous one is archived);
 rolling back re-promotes the version that was in production before. A malformed artefact is refused at
 promotion and at load, and whatever was served before stays served.
@@ -18,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -31,6 +39,9 @@ from finsecure.core.errors import Conflict, NotFound
 from finsecure.ml.contract import Model, ModelError, OnnxScorer
 from finsecure.ml.features import DesignSpec, describe_feature
 from finsecure.model.models import ModelStage, ModelVersion
+
+if TYPE_CHECKING:
+    from finsecure.features.history import HistorySpec
 
 __all__ = ["LoadedModel", "get_all", "load_artefact", "production", "promote", "register", "rollback"]
 
@@ -62,13 +73,21 @@ def register(
     threshold: float,
     dataset: str,
     extra: dict[str, Any] | None = None,
+    history: HistorySpec | None = None,
+    designs: Mapping[str, DesignSpec] | None = None,
 ) -> ModelVersion:
     """Write a new version's artefact folder and its ``models`` row (stage ``candidate``).
 
-    ``extra`` is stored in the metadata as it is (e.g. ensemble weights, sequence length).
+    ``extra`` is stored in the metadata as it is (e.g. ensemble weights).
+
+    A sequence model gives its ``history`` spec (its features are the spec's, one vector per step) and
+    the ``designs`` of the domains the history reads (default: ``design``'s domain only).
     """
-    if tuple(design.feature_names) != tuple(model.feature_names):
-        raise ModelError("the model's features differ from the design's")
+    expected = design.feature_names if history is None else history.feature_names
+    if tuple(expected) != tuple(model.feature_names):
+        raise ModelError(
+            "the model's features differ from the " + ("design's" if history is None else "history's")
+        )
     latest = db_session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.name == name))
     version = (latest or 0) + 1
     folder = models_dir(data_dir) / name / f"v{version}"
@@ -95,6 +114,11 @@ def register(
         "onnx_sha256": _sha256(folder / ONNX_FILE),
         **({"extra": extra} if extra else {}),
     }
+    if history is not None:
+        metadata["history"] = json.loads(history.fingerprint())
+        metadata["steps"] = history.steps
+        chosen = dict(designs) if designs else {design.domain.value: design}
+        metadata["designs"] = {domain: d.to_dict() for domain, d in chosen.items()}
     (folder / METADATA).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     (folder / CARD).write_text(model_card(metadata))
     load_artefact(folder)  # refuse to register what could not be served
@@ -135,6 +159,15 @@ def model_card(metadata: dict[str, Any]) -> str:
         "Gives each event a risk between 0 (looks usual) and 1 (looks like fraud or an attack), from the",
         "features below, computed by the same code in training and in the live pipeline.",
         "",
+    ]
+    history = metadata.get("history")
+    if isinstance(history, dict):
+        lines += [
+            f"It reads the last {metadata.get('steps', history.get('steps'))} events of the same "
+            f"`{history.get('key')}` (oldest first, this event last), with the inputs below for each.",
+            "",
+        ]
+    lines += [
         "## Quality on held-out data",
         "",
     ]
@@ -200,6 +233,11 @@ class LoadedModel:
     def threshold(self) -> float:
         return float(self.metadata["threshold"])
 
+    @property
+    def is_sequence(self) -> bool:
+        """A sequence model (input: an entity's recent events), served by the deep tier's step."""
+        return "history" in self.metadata
+
 
 def load_artefact(path: Path | str, *, intra_op_threads: int = 2, explain: bool = True) -> LoadedModel:
     """Load and check an artefact folder.
@@ -225,13 +263,15 @@ def load_artefact(path: Path | str, *, intra_op_threads: int = 2, explain: bool 
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{folder}: bad design in {METADATA}: {exc}") from exc
     scorer = OnnxScorer(onnx_path, intra_op_threads=intra_op_threads)
+    sequence = "history" in metadata
+    n_features = len(metadata.get("features") or ()) if sequence else len(design.feature_names)
     width = scorer.input_shape[-1]
-    if isinstance(width, int) and width != len(design.feature_names):
-        raise ModelError(
-            f"{folder}: the ONNX model takes {width} features, the design has {len(design.feature_names)}"
-        )
-    steps = int(metadata.get("extra", {}).get("steps", 1))
-    shape = (1, len(design.feature_names)) if scorer.rank == 2 else (1, steps, len(design.feature_names))
+    if isinstance(width, int) and width != n_features:
+        raise ModelError(f"{folder}: the ONNX model takes {width} features, the metadata has {n_features}")
+    steps = int(metadata.get("steps", metadata.get("extra", {}).get("steps", 1)))
+    if sequence and scorer.rank != 3:
+        raise ModelError(f"{folder}: a sequence model's graph must take (n, steps, features)")
+    shape = (1, n_features) if scorer.rank == 2 else (1, steps, n_features)
     probe = scorer.predict_proba(np.zeros(shape, dtype=np.float32))
     if probe.shape != (1,) or not np.isfinite(probe).all():
         raise ModelError(f"{folder}: the model does not give one finite score per row")

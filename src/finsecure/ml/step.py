@@ -95,7 +95,7 @@ class ScoringStep(Step):
         reload_interval_s: float = 5.0,
         threads: int = 2,
         explain_top: int = 3,
-        explain_max_rows: int = 256,
+        explain_max_rows: int = 64,
         on_drift: Callable[[list[tuple[str, int, str, float]]], None] | None = None,
         drift_interval_s: float = 60.0,
         drift_sample: int = 2_000,
@@ -112,7 +112,8 @@ class ScoringStep(Step):
         self.drift_sample = drift_sample
         self._drift: dict[tuple[str, int], DriftTracker] = {}
         self._next_drift = time.monotonic() + drift_interval_s
-        self._models: dict[str, LoadedModel] = {m.name: m for m in models}
+        self._models: dict[str, LoadedModel] = {m.name: m for m in models if not m.is_sequence}
+        self._sequence_paths: dict[Path, bool] = {}
         self._next_check = 0.0
         self._lock = threading.Lock()
         self.reloads = 0
@@ -142,6 +143,8 @@ class ScoringStep(Step):
             for path in wanted:
                 model = current.get(path.resolve())
                 if model is None:
+                    if self._is_sequence(path):
+                        continue  # the deep tier's SequenceScoringStep serves sequence models
                     try:
                         model = load_artefact(path, intra_op_threads=self.threads)
                     except ModelError as exc:
@@ -159,6 +162,15 @@ class ScoringStep(Step):
                 self.reloads += 1
             self._models = served
         return changed
+
+    def _is_sequence(self, path: Path) -> bool:
+        key = path.resolve()
+        if key not in self._sequence_paths:
+            try:
+                self._sequence_paths[key] = "history" in json.loads((path / "metadata.json").read_text())
+            except (OSError, ValueError, TypeError):
+                return False  # the loader reports what is wrong with it
+        return self._sequence_paths[key]
 
     @staticmethod
     def _name_of(path: Path) -> str | None:
