@@ -329,6 +329,34 @@ def test_nats_bus__durable_consumer_survives_a_server_restart(nats_server: NatsS
     asyncio.run(scenario())
 
 
+def test_nats_bus__quiet_consumer_gets_a_message_without_waiting_for_a_whole_batch(
+    nats_server: NatsServer,
+):
+    async def scenario() -> None:
+        # A pull for 16 messages on a drained consumer must not hold the first one until 16 have come or
+        # the pull expires (30 s here): the server answers as soon as it has one.
+        bus = NatsBus(nats_server.url, fetch_batch=16, fetch_timeout_s=30, retry_s=20)
+        try:
+            messages = bus.subscribe("events.>", "quiet")
+            waiting = asyncio.ensure_future(anext(messages))
+            await asyncio.sleep(0.5)  # the consumer is drained: its pull waits on the server
+            await bus.publish("events.payment.0", b"first")
+            message = await asyncio.wait_for(waiting, 10)
+            assert message.data == b"first"
+            await message.ack()
+            for index in range(40):  # a backlog is still taken in batches, in order
+                await bus.publish("events.payment.1", f"m{index}".encode())
+            backlog = await take(messages, 40)
+            assert [m.data for m in backlog] == [f"m{index}".encode() for index in range(40)]
+            for message in backlog:
+                await message.ack()
+            await messages.aclose()
+        finally:
+            await bus.close()
+
+    asyncio.run(scenario())
+
+
 def test_nats_bus__creates_a_file_stream_and_adds_missing_subjects(nats_server: NatsServer):
     async def scenario() -> None:
         bus = NatsBus(nats_server.url, stream="TESTS", subjects=("events.>",))

@@ -1,11 +1,14 @@
-"""The fault test of scale-out: a worker process is killed with SIGKILL in the middle of a replay, restarted,
-and the NATS server is stopped and started again under it; at the end every event is in the lake exactly
-once and no alert is duplicated.
+"""The fault test of scale-out: a worker process is killed with SIGKILL in the middle of a replay and
+restarted; then the NATS server is stopped and started again under it; then PostgreSQL is stopped while
+the worker has events to process, and started again. At the end every event is in the lake exactly once
+and no alert is duplicated.
 
-Real processes and servers: a private ``nats-server -js`` (see ``tests/bus/test_nats.py``), the
-``finsecure worker`` command in a subprocess, a SQLite database file. (Restarting PostgreSQL is not part
-of it: the test suite shares one PostgreSQL server between concurrent runs, so it cannot be restarted from
-a test.)
+Real processes and servers: a private ``nats-server -js`` (see ``tests/bus/test_nats.py``), a private
+PostgreSQL server on a free port with its own data directory (``tests/worker/pgserver.py``; the shared
+server on 5432 is never touched), and the ``finsecure worker`` command in a subprocess.
+
+Size: the replay is about 220,000 simulated events (``FINSECURE_FAULT_CUSTOMERS`` scales it down for a
+slow machine: 2,000 customers by default).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from finsecure.worker.partition import Checkpoint, durable_name
 from finsecure.worker.publish import BusPublisher
 from tests.bus.test_nats import NatsServer, nats_binary
 from tests.conftest import TEST_JWT_SECRET, services_required
+from tests.worker.pgserver import PrivatePostgres, postgres_bin_dir
 
 PARTITIONS = 4
 pytestmark = pytest.mark.slow
@@ -51,6 +55,24 @@ def server(tmp_path: Path) -> Iterator[NatsServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def postgres() -> Iterator[PrivatePostgres]:
+    """A private PostgreSQL server that the test may restart."""
+    bin_dir = postgres_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL server binaries (initdb, pg_ctl) not found"
+        if services_required():
+            pytest.fail(message + "; required when CI=true or FINSECURE_REQUIRE_SERVICES=1")
+        pytest.skip(message)
+    server = PrivatePostgres(bin_dir)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.destroy()
 
 
 def simulated_events(customers: int, duration_s: float) -> list[tuple[str, pl.DataFrame]]:
@@ -72,7 +94,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, log: Pa
 
 
 class WorkerProcess:
-    def __init__(self, url: str, root: Path) -> None:
+    def __init__(self, url: str, root: Path, database_url: str) -> None:
         self.url = url
         self.root = root
         self.log = root / "worker.log"
@@ -82,6 +104,7 @@ class WorkerProcess:
             "FINSECURE_ENV": "test",
             "FINSECURE_JWT_SECRET": TEST_JWT_SECRET,
             "FINSECURE_DATA_DIR": str(root / "data"),
+            "FINSECURE_DATABASE_URL": database_url,
             "FINSECURE_BUS_PARTITIONS": str(PARTITIONS),
             "FINSECURE_LOG_JSON": "true",
         }
@@ -145,12 +168,12 @@ def pending(url: str) -> int:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[[str], WorkerProcess]]:
+def workers(tmp_path: Path) -> Iterator[Callable[[str, str], WorkerProcess]]:
     """Worker processes that are killed at the end of the test whatever happens."""
     made: list[WorkerProcess] = []
 
-    def make(url: str) -> WorkerProcess:
-        made.append(WorkerProcess(url, tmp_path))
+    def make(url: str, database_url: str) -> WorkerProcess:
+        made.append(WorkerProcess(url, tmp_path, database_url))
         return made[-1]
 
     yield make
@@ -159,36 +182,58 @@ def workers(tmp_path: Path) -> Iterator[Callable[[str], WorkerProcess]]:
             worker.kill(signal.SIGKILL)
 
 
-def test_worker__kill_9_and_nats_restart__every_event_once_no_duplicate_alert(
-    server: NatsServer, tmp_path: Path, workers: Callable[[str], WorkerProcess]
-) -> None:
-    frames = simulated_events(customers=2_000, duration_s=130_000.0)  # ~220k events
-    published_ids = pl.concat([frame.select("event_id") for _, frame in frames])["event_id"]
-    assert published_ids.n_unique() == published_ids.len() >= 180_000
-    publisher = BusPublisher(server.url, partitions=PARTITIONS)
+def publish(url: str, frames: list[tuple[str, pl.DataFrame]]) -> None:
+    publisher = BusPublisher(url, partitions=PARTITIONS)
     try:
         for domain, frame in frames:
             publisher.submit(domain, frame, source="sim")
     finally:
         publisher.close()
-    engine = create_db_engine(f"sqlite:///{tmp_path / 'data' / 'finsecure.db'}")
-    (tmp_path / "data").mkdir(exist_ok=True)
+
+
+def test_worker__kill_9_nats_restart_postgres_restart__every_event_once_no_duplicate_alert(
+    server: NatsServer,
+    postgres: PrivatePostgres,
+    tmp_path: Path,
+    workers: Callable[[str, str], WorkerProcess],
+) -> None:
+    customers = int(os.environ.get("FINSECURE_FAULT_CUSTOMERS", "2000"))
+    frames = simulated_events(customers=customers, duration_s=130_000.0)  # ~220k events at 2,000
+    published_ids = pl.concat([frame.select("event_id") for _, frame in frames])["event_id"]
+    assert published_ids.n_unique() == published_ids.len() >= 90 * customers
+    # Three parts: the first before the worker starts, the second before NATS restarts, the last while
+    # PostgreSQL is down (so the worker certainly has results to write while the database is away).
+    first = int(len(frames) * 0.6)
+    second = int(len(frames) * 0.8)
+    publish(server.url, frames[:first])
+    engine = create_db_engine(postgres.url)
     migrate.upgrade(engine)
 
-    worker = workers(server.url)
+    worker = workers(server.url, postgres.url)
     worker.start()
     # Kill it once some partitions have committed, while the rest is still in flight.
-    wait_for(lambda: any(c.epoch >= 1 for c in worker.checkpoints()), 60, "a first checkpoint")
+    wait_for(lambda: any(c.epoch >= 1 for c in worker.checkpoints()), 120, "a first checkpoint", worker.log)
     assert worker.kill(signal.SIGKILL) == -signal.SIGKILL
     assert pending(server.url) > 0, "the kill came too late: nothing was left to redo"
 
     before = sum(c.epoch for c in worker.checkpoints())
     worker.start()
-    wait_for(lambda: sum(c.epoch for c in worker.checkpoints()) > before, 60, "the restarted worker's commit")
+    wait_for(
+        lambda: sum(c.epoch for c in worker.checkpoints()) > before, 120, "the restarted worker's commit"
+    )
+    publish(server.url, frames[first:second])
     server.stop()  # the bus goes away under a running worker ...
     time.sleep(1.0)
     server.start()  # ... and comes back on the same port and store
-    wait_for(lambda: pending(server.url) == 0, 90, "every message acknowledged", worker.log)
+    before = sum(c.epoch for c in worker.checkpoints())
+    wait_for(lambda: sum(c.epoch for c in worker.checkpoints()) > before, 120, "a commit after NATS is back")
+
+    postgres.stop()  # the database goes away under a running worker ...
+    publish(server.url, frames[second:])
+    wait_for(lambda: "the database is away" in worker.log.read_text(), 120, "a failed database write")
+    time.sleep(2.0)  # (the worker keeps retrying its partitions meanwhile)
+    postgres.start()  # ... and comes back
+    wait_for(lambda: pending(server.url) == 0, 300, "every message acknowledged", worker.log)
     assert worker.alive(), worker.log.read_text()[-3000:]
     assert worker.kill(signal.SIGTERM) == 0, worker.log.read_text()[-3000:]
 
@@ -213,3 +258,4 @@ def test_worker__kill_9_and_nats_restart__every_event_once_no_duplicate_alert(
     log = worker.log.read_text()
     restored = re.findall(r"partition \d+: started at epoch ([1-9]\d*)", log)
     assert restored, "the restarted worker did not resume from a checkpoint"
+    assert "runner stopped (partition" in log, "no epoch was redone after the database went away"

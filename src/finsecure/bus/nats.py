@@ -24,6 +24,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 
@@ -45,6 +46,10 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     nats.js.errors.ServiceUnavailableError,
     nats.js.errors.ServerError,
 )
+
+
+async def _nothing() -> None:
+    """The acknowledgement of a core NATS message: there is nothing to acknowledge."""
 
 
 class NatsBus(Bus):
@@ -240,6 +245,65 @@ class NatsBus(Bus):
             except nats.js.errors.APIError as exc:
                 raise BusError(f"NATS refused a message on {subject}: {exc}") from None
             return PublishAck(seq=ack.seq, duplicate=bool(ack.duplicate), stream=ack.stream)
+
+    # -- notifications (core NATS: not stored, at most once) -----------------------------------------
+
+    async def notify(self, subject: str, payload: bytes) -> None:
+        """Publish on core NATS, outside the stream: nothing is stored and no acknowledgement is awaited.
+
+        For live notices whose truth lives elsewhere (e.g. the database). The client only buffers the
+        message (also while it reconnects, up to its pending limit); subscribers that are away miss it.
+
+        Raises
+        ------
+        BusError
+            When the client cannot take it (buffer full while the server is away, too large, closed).
+        """
+        await self.connect()
+        nc = self._nc
+        if nc is None:
+            raise BusClosed("the bus is closed")
+        try:
+            await nc.publish(subject, payload)
+        except nats.errors.Error as exc:
+            raise BusError(f"notice on {subject} not sent: {exc or type(exc).__name__}") from None
+
+    async def listen(self, subject_filter: str, *, queue: str = "") -> AsyncGenerator[Message, None]:
+        """Subscribe to core NATS messages on ``subject_filter`` (wildcards allowed); returns once the
+        server has the subscription, with the messages from then on (until closed or ``aclose()``).
+
+        With ``queue``, each message goes to one member of that queue group instead of to every
+        listener. The client subscribes again on its own after a reconnect; what was sent meanwhile is
+        missed. Acknowledging a yielded message does nothing.
+        """
+        await self.connect()
+        nc = self._nc
+        if nc is None:
+            raise BusClosed("the bus is closed")
+        subscription = await nc.subscribe(subject_filter, queue=queue)
+        try:
+            await nc.flush(timeout=max(1, round(self.request_timeout_s)))
+        except BaseException:
+            with contextlib.suppress(nats.errors.Error, ValueError, OSError):
+                await subscription.unsubscribe()
+            raise
+        return self._notices(subscription)
+
+    @staticmethod
+    async def _notices(subscription: Subscription) -> AsyncGenerator[Message, None]:
+        try:
+            async for raw in subscription.messages:
+                yield Message(
+                    subject=raw.subject,
+                    data=raw.data,
+                    seq=0,
+                    headers=dict(raw.headers or {}),
+                    ack=_nothing,
+                    nak=_nothing,
+                )
+        finally:
+            with contextlib.suppress(nats.errors.Error, ValueError, OSError):
+                await subscription.unsubscribe()
 
     # -- consuming -----------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ Channels
 ``alerts`` / ``incidents``
     Ids of alerts and incidents the pipeline just created or updated (from the alert sink), and a
     ``changed`` note when any incident was changed by someone (e.g. assigned in another browser). Pages
-    reload what they show; no row content travels on the socket.
+    reload what they show; no row content travels on the socket. In scale-out (a NATS bus), alerts come
+    from the workers' notices (:mod:`finsecure.web.bus_feed`), with the same messages.
 ``system``
     Pipeline health for admins: queue, errors, dead letters.
 """
@@ -20,7 +21,7 @@ import datetime as dt
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
@@ -32,10 +33,26 @@ from finsecure.web.schemas import Kpi
 if TYPE_CHECKING:
     from finsecure.alert.sink import AlertWriteResult
     from finsecure.platform import Platform
+    from finsecure.web.bus_feed import BusAlertFeed
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LiveFeed"]
+__all__ = ["LiveFeed", "announce_alerts"]
+
+
+def announce_alerts(
+    hub: Broadcaster,
+    *,
+    alert_ids: Sequence[int],
+    inserted: int,
+    updated: int,
+    incident_ids: Sequence[int],
+) -> None:
+    """Publish the ``alerts`` and ``incidents`` messages for one alert write (ids only, at most 200)."""
+    if alert_ids:
+        hub.publish("alerts", {"alert_ids": list(alert_ids[:200]), "inserted": inserted, "updated": updated})
+    if incident_ids:
+        hub.publish("incidents", {"changed": True, "incident_ids": list(incident_ids[:200])})
 
 
 class LiveFeed:
@@ -74,6 +91,8 @@ class LiveFeed:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.bus_feed: BusAlertFeed | None = None
+        """Workers' alert notices, when the platform publishes ingest to NATS (scale-out)."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -82,13 +101,31 @@ class LiveFeed:
             return self
         if self.platform is not None:
             self.platform.alerts.listeners.append(self.on_alerts)
+            self._start_bus_feed(self.platform)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="finsecure-live", daemon=True)
         self._thread.start()
         return self
 
+    def _start_bus_feed(self, platform: Platform) -> None:
+        from finsecure.bus.nats import NatsBus
+        from finsecure.core.shared import RedisBroadcaster
+        from finsecure.web.bus_feed import BusAlertFeed
+
+        publisher = platform.bus
+        if self.bus_feed is None and publisher is not None and isinstance(publisher.bus, NatsBus):
+            # A Redis hub reaches every API process's dashboards: one of them is enough per notice.
+            queue = "finsecure-api" if isinstance(self.hub, RedisBroadcaster) else ""
+            self.bus_feed = BusAlertFeed(self.hub, publisher.bus, publisher.loop, queue=queue).start()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        if self.bus_feed is not None:
+            try:
+                self.bus_feed.stop()
+            except Exception:  # stopping must go on (e.g. the bus loop is already closed)
+                logger.exception("live feed: could not stop listening to worker alert notices")
+            self.bus_feed = None
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -149,10 +186,10 @@ class LiveFeed:
 
     def on_alerts(self, result: AlertWriteResult) -> None:
         """Alert sink listener (runs on the pipeline thread): announce the ids, nothing more."""
-        if result.alert_ids:
-            self.hub.publish(
-                "alerts",
-                {"alert_ids": result.alert_ids[:200], "inserted": result.inserted, "updated": result.updated},
-            )
-        if result.incident_ids:
-            self.hub.publish("incidents", {"changed": True, "incident_ids": result.incident_ids[:200]})
+        announce_alerts(
+            self.hub,
+            alert_ids=result.alert_ids,
+            inserted=result.inserted,
+            updated=result.updated,
+            incident_ids=result.incident_ids,
+        )

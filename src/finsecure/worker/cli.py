@@ -50,7 +50,13 @@ def worker_command(
         Path | None, typer.Option(help="Partition checkpoints and snapshots (default <data_dir>/worker)")
     ] = None,
     metrics_port: Annotated[int, typer.Option(help="Serve Prometheus /metrics on this port (0: off)")] = 0,
-    commit_every_s: Annotated[float, typer.Option(help="Seconds between checkpoints", min=0.05)] = 1.0,
+    commit_every_s: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between checkpoints (each snapshots the state; alerts never wait for one)",
+            min=0.05,
+        ),
+    ] = 5.0,
     batch_age_ms: Annotated[
         float,
         typer.Option(help="Micro-batches close after this many ms (longer: fewer batches, less CPU)", min=0),
@@ -100,6 +106,7 @@ def worker_command(
         lake_dir=settings.lake_dir,
         session_factory=make_session_factory(engine),
         store_score_threshold=settings.store_score_threshold,
+        settings=settings,
         correlator_factory=lambda: Correlator(
             window_s=settings.correlation_window_s,
             min_severity=settings.incident_min_severity,

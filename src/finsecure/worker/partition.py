@@ -21,6 +21,10 @@ done in the checkpoint (their acknowledgement was lost) are acknowledged without
 are processed again from the restored state. A message delivered twice to the same runner (an ack wait
 that ran out during a slow commit) is recognised by its sequence and processed once. Every event
 therefore reaches the lake exactly once, and database writes are upserts.
+
+When a database write of the epoch (alerts, scored events, dead letters) fails because the database is
+away, the epoch is not committed: the commit raises :class:`DatabaseAway`, the runner stops, the worker
+starts the partition again from its checkpoint, and the epoch's messages are processed again.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import nats.js.errors
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from finsecure.bus.base import Bus, BusLoop, BusSource, Message
@@ -53,7 +58,16 @@ from finsecure.pipeline.batch import Batch, Sink, SourceChunk, Step
 from finsecure.pipeline.engine import Pipeline
 from finsecure.worker.publish import PUBLISHED_NS_HEADER
 
-__all__ = ["Checkpoint", "PartitionLock", "PartitionRunner", "StagedLakeSink", "durable_name", "subject_of"]
+__all__ = [
+    "Checkpoint",
+    "DatabaseAway",
+    "PartitionLock",
+    "PartitionRunner",
+    "StagedLakeSink",
+    "database_away",
+    "durable_name",
+    "subject_of",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +89,29 @@ def subject_of(partition: int, prefix: str = "events") -> str:
     'events.*.3'
     """
     return f"{prefix}.*.{partition}"
+
+
+class DatabaseAway(RuntimeError):
+    """A database write of the current epoch failed because the database could not be reached: the
+    epoch is not committed, and its messages are processed again from the last checkpoint."""
+
+
+def database_away(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database is unreachable or restarting (worth redoing the epoch), rather
+    than a bad row (which goes to the dead letters as in the embedded pipeline)."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def commit_spread(partition: int) -> float:
+    """A fixed factor of 1 to 1.25 on each partition's commit interval, so that the partitions of a worker,
+    started together, drift apart and do not all flush and snapshot at the same moment.
+
+    >>> [round(commit_spread(p), 3) for p in range(4)]
+    [1.0, 1.155, 1.059, 1.214]
+    """
+    return 1.0 + 0.25 * ((partition * 0.6180339887) % 1.0)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -227,27 +264,67 @@ class StagedLakeSink(Sink):
 class _StagedDeadLetters(DeadLetterSink):
     """Dead letters to the database and to the partition's staged lake files."""
 
-    def __init__(self, lake: StagedLakeSink, session_factory: Callable[[], Session]) -> None:
+    def __init__(
+        self,
+        lake: StagedLakeSink,
+        session_factory: Callable[[], Session],
+        on_database_away: Callable[[BaseException], None],
+    ) -> None:
         super().__init__(lake.writer, session_factory)
         self.lake = lake
+        self.on_database_away = on_database_away
 
     def write(self, table: Any) -> int:
         self.writer = self.lake.writer
-        return super().write(table)
+        try:
+            return super().write(table)
+        except Exception as exc:
+            if not database_away(exc):
+                raise
+            self.on_database_away(exc)  # the epoch is redone: these rows come again
+            return 0
+
+
+class _ScoredEvents(ScoredEventSink):
+    """Scored events to the database; when the database is away the epoch is marked for redoing (the
+    pipeline would otherwise turn the batch into dead letters and the commit would go ahead)."""
+
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        threshold: float,
+        on_database_away: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(session_factory, threshold)
+        self.on_database_away = on_database_away
+
+    def write(self, batch: Batch) -> None:
+        try:
+            super().write(batch)
+        except Exception as exc:
+            if not database_away(exc):
+                raise
+            self.on_database_away(exc)
 
 
 class _PartitionSource(BusSource):
-    """A bus source that remembers when ingest published each message (for latency)."""
+    """A bus source that remembers when ingest published each message and each of its events (for the
+    ingest-to-alert latency: the worker looks the events of its rule hits up in :attr:`event_published_ns`,
+    which the runner empties at every commit, when every event taken so far has been through detection).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.published_ns: dict[int, int] = {}
+        self.event_published_ns: dict[str, int] = {}
 
     def _to_chunk(self, message: Message) -> SourceChunk:
         stamp = message.headers.get(PUBLISHED_NS_HEADER)
+        chunk = super()._to_chunk(message)
         if stamp is not None and stamp.isdigit():
-            self.published_ns[message.seq] = int(stamp)
-        return super()._to_chunk(message)
+            published = int(stamp)
+            if chunk.frame.height and "event_id" in chunk.frame.columns:
+                self.event_published_ns.update(dict.fromkeys(chunk.frame["event_id"].to_list(), published))
+        return chunk
 
 
 class PartitionRunner:
@@ -301,10 +378,11 @@ class PartitionRunner:
         self.subject_prefix = subject_prefix
         self.checkpoint = Checkpoint.load(directory)
         self.lake = StagedLakeSink(directory / "staging", self.checkpoint.epoch + 1)
-        self.dead_letters = _StagedDeadLetters(self.lake, session_factory)
+        self.dead_letters = _StagedDeadLetters(self.lake, session_factory, self.database_failed)
+        self._database_error: BaseException | None = None
         self.pipeline = Pipeline(
             steps,
-            [self.lake, ScoredEventSink(session_factory, store_score_threshold)],
+            [self.lake, _ScoredEvents(session_factory, store_score_threshold, self.database_failed)],
             max_rows=max_rows,
             max_age_s=max_age_s,
             queue_chunks=8,
@@ -328,6 +406,23 @@ class PartitionRunner:
     def _write_dead_letters(self, table: Any) -> None:
         if table.num_rows:
             self.dead_letters.write(table.select(DEAD_LETTER_SCHEMA.names))
+
+    def database_failed(self, exc: BaseException) -> None:
+        """A result of this epoch could not reach the database: the next commit fails instead of
+        acknowledging, and the partition restarts from its checkpoint (called from any thread)."""
+        if self._database_error is None:
+            logger.warning(
+                "partition %d: the database is away (%s); this epoch will be redone", self.partition, exc
+            )
+            self._database_error = exc
+
+    def published_at(self, event_ids: Sequence[str]) -> list[int | None]:
+        """When ingest published each event (wall-clock ns), for events taken since the last commit."""
+        source = self.source
+        if source is None:
+            return [None] * len(event_ids)
+        known = source.event_published_ns
+        return [known.get(event_id) for event_id in event_ids]
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -384,7 +479,7 @@ class PartitionRunner:
             ack_wait_s=self.ack_wait_s,
             source_id=f"bus:p{self.partition}",
             commit_to=self,
-            commit_every_s=self.commit_every_s,
+            commit_every_s=self.commit_every_s * commit_spread(self.partition),
             commit_every_messages=self.commit_every_messages,
             prefetch=16,
         )
@@ -418,7 +513,6 @@ class PartitionRunner:
 
     def _submit(self, source: _PartitionSource, chunk: SourceChunk) -> None:
         seq = chunk.offset_end or 0
-        published = source.published_ns.pop(seq, None)
         seen = seq in self._recent
         self._recent[seq] = None
         while len(self._recent) > RECENT_SEQUENCES:
@@ -433,12 +527,14 @@ class PartitionRunner:
             if self.metrics is not None:
                 self.metrics.redelivered.labels(self.label).inc()
             return
-        arrived = time.monotonic_ns()
-        if published is not None:
-            arrived -= max(0, time.time_ns() - published)
         if chunk.frame.height:
+            # A batch closes ``max_age_s`` after its first rows reached this worker, not after they were
+            # published: when the worker is behind, rows come in already old, and closing a batch per
+            # message then would multiply the fixed cost of a batch just when time is short. Messages
+            # waiting in a backlog thus gather into larger batches. (Ingest-to-alert latency is timed
+            # from publication, per rule hit: see Worker.write_hits.)
             source_id = f"bus:p{self.partition}"
-            self.pipeline.submit(chunk.domain, chunk.frame, source=source_id, arrived_ns=arrived)
+            self.pipeline.submit(chunk.domain, chunk.frame, source=source_id)
         if chunk.rejects is not None and chunk.rejects.num_rows:
             self.pipeline.submit_rejects(chunk.rejects)
         self.processed_messages += 1
@@ -451,6 +547,14 @@ class PartitionRunner:
         """Make everything submitted so far durable and move the checkpoint (steps 1-4 above)."""
         started = time.perf_counter()
         self.pipeline.flush(timeout=timeout)
+        if self._database_error is not None:
+            error, self._database_error = self._database_error, None
+            raise DatabaseAway(
+                f"partition {self.partition}: a database write failed ({type(error).__name__}); "
+                "the epoch is redone from the last checkpoint"
+            ) from error
+        if self.source is not None:
+            self.source.event_published_ns.clear()  # every event taken so far is through detection
         epoch = self.lake.epoch
         snapshot = f"snap-{epoch:010d}"
         self.pipeline.snapshot(self.directory / snapshot, timeout=timeout)
