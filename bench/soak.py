@@ -4,8 +4,8 @@ process (REST polling plus one WebSocket subscribed to every channel).
 
 Run with ``make soak`` (10 minutes) or ``.venv/bin/python bench/soak.py --duration 60``.
 
-Writes ``bench/results/soak.json`` (one flat object) and ``bench/results/soak.svg`` (RSS, throughput and
-API latency over time; also ``soak.png`` when matplotlib is installed):
+Writes ``bench/results/soak.json`` (one flat object) and ``bench/results/soak.png`` (RSS, throughput and
+API latency over time; matplotlib, from the dev extra):
 
 - ``events``: events the simulator handed to the pipeline; ``lost_events``: of those, how many are
   not in the lake once the platform has stopped (counted with DuckDB over the Parquet files);
@@ -13,7 +13,18 @@ API latency over time; also ``soak.png`` when matplotlib is installed):
   failures + alert-store failures + database writes refused;
 - ``rss_growth_pct``: resident memory of the server process at the end against the end of warm-up
   (``--warmup`` seconds, default a fifth of the run, at least 10 s);
-- ``p99_api_ms`` (and p50, max, per endpoint): request latency seen by the client process.
+- ``p99_api_ms`` (and p50, max, per endpoint): request latency seen by the client process;
+- ``cpu_s`` / ``cpu_ms_per_request``...: CPU seconds the server process used (the machine may be shared:
+  CPU time says more than wall time there), and the load average at the end.
+
+``--tracemalloc N`` (N frames) also writes ``bench/results/soak_memory.txt``: the allocation sites that
+grew most between the end of warm-up and the end, and the traced memory over time in the JSON (slows the
+run down; numpy is traced, native memory such as Arrow, Polars or DuckDB buffers is not: their own
+counters are in the JSON).
+
+The first-start model training (a few minutes of CPU on a small box) runs in a separate process before
+the clock starts, as in a deployment that has started before: the soak measures the platform running,
+not its first start (``--first-start`` measures that instead).
 
 Everything stays on 127.0.0.1 in a temporary directory (SQLite, the lake), deleted at the end unless
 ``--keep``.
@@ -124,6 +135,7 @@ def run_client(port: int, token: str, duration: float, rps: float, out_path: Pat
     headers = {"Authorization": f"Bearer {token}", "Connection": "keep-alive"}
     samples: list[tuple[float, str, float, int]] = []  # (t, endpoint, ms, status)
     failures: dict[str, int] = {}
+    failure_samples: list[str] = []  # the first few bodies of failed answers, to tell why
     ws_out: dict[str, Any] = {"ws_available": None, "ws_messages": 0, "ws_errors": 0, "ws_detail": None}
     stop = threading.Event()
     ws_thread = threading.Thread(
@@ -146,8 +158,10 @@ def run_client(port: int, token: str, duration: float, rps: float, out_path: Pat
         try:
             conn.request("GET", endpoint, headers=headers)
             response = conn.getresponse()
-            response.read()
+            body = response.read()
             status = response.status
+            if not 200 <= status < 300 and len(failure_samples) < 5:
+                failure_samples.append(f"{endpoint} {status}: {body[:300].decode(errors='replace')}")
         except (OSError, http.client.HTTPException) as exc:
             status = -1
             kind = f"{endpoint}: {type(exc).__name__}"
@@ -161,7 +175,24 @@ def run_client(port: int, token: str, duration: float, rps: float, out_path: Pat
     stop.set()
     ws_thread.join(5)
     conn.close()
-    out_path.write_text(json.dumps({"samples": samples, "failures": failures, **ws_out}))
+    out_path.write_text(
+        json.dumps({"samples": samples, "failures": failures, "failure_samples": failure_samples, **ws_out})
+    )
+
+
+# -- the models, in a process of their own ---------------------------------------------------------------
+
+
+def _train_models(data_dir: Path, database_url: str) -> None:
+    """Train and promote the first models, as the platform does on its first start."""
+    from finsecure.core.database import create_db_engine, make_session_factory
+    from finsecure.ml.bootstrap import ensure_models
+
+    engine = create_db_engine(database_url)
+    try:
+        ensure_models(make_session_factory(engine), data_dir)
+    finally:
+        engine.dispose()
 
 
 # -- the server process --------------------------------------------------------------------------------
@@ -195,6 +226,10 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     from finsecure.core.settings import Settings
     from finsecure.platform import Platform
 
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(args.tracemalloc)
     workdir = Path(tempfile.mkdtemp(prefix="finsecure-soak-"))
     settings = Settings.model_validate(
         {
@@ -211,6 +246,15 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     )
     engine = create_db_engine(settings.resolved_database_url)
     migrate.upgrade(engine)
+    trained_s = 0.0
+    if not args.first_start:
+        t0 = time.monotonic()
+        subprocess.run(  # noqa: S603 - this very script, with our own arguments
+            [sys.executable, __file__, "--train-models", str(workdir)],
+            env={**os.environ, "FINSECURE_SOAK_DATABASE_URL": settings.resolved_database_url},
+            check=True,
+        )
+        trained_s = time.monotonic() - t0
     platform = Platform(settings, make_session_factory(engine))
     context = build_context(settings, engine=engine, platform=platform)
     with Session(engine, expire_on_commit=False) as session:
@@ -244,6 +288,9 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     )
     timeline: list[dict[str, float]] = []
     started = time.monotonic()
+    cpu_started = time.process_time()
+    warm = max(10.0, args.warmup if args.warmup is not None else args.duration / 5)
+    warm_snapshot: Any = None
     last_in = 0
     while True:
         elapsed = time.monotonic() - started
@@ -256,9 +303,14 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
                 "events_in": events_in,
                 "events_per_s": (events_in - last_in) / args.sample_s if timeline else 0.0,
                 "outbox_rows": platform.outbox.status().pending_rows,
+                **({"py_traced_mb": _traced_mb()} if args.tracemalloc else {}),
             }
         )
         last_in = events_in
+        if args.tracemalloc and warm_snapshot is None and elapsed >= warm:
+            import tracemalloc
+
+            warm_snapshot = tracemalloc.take_snapshot()
         if elapsed >= args.duration:
             break
         time.sleep(max(0.0, started + len(timeline) * args.sample_s - time.monotonic()))
@@ -270,6 +322,10 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.should_exit = True  # the lifespan stops the platform: demo stream, drained pipeline, lake
         thread.join(120)
+    cpu_s = time.process_time() - cpu_started
+    native = _native_memory(settings)
+    if warm_snapshot is not None:
+        _write_memory_growth(warm_snapshot, RESULTS / "soak_memory.txt")
     stats = platform.pipeline.stats()
     engine.dispose()
 
@@ -282,7 +338,6 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     api_errors = sum(seen["failures"].values())
     pipeline_errors = sum(stats.errors.values())
     errors = api_errors + seen["ws_errors"] + pipeline_errors + platform.alerts.errors + outbox.failed_rows
-    warm = max(10.0, args.warmup if args.warmup is not None else args.duration / 5)
     after_warmup = [p for p in timeline if p["t"] >= warm] or timeline
     rss_start, rss_end = after_warmup[0]["rss_mb"], timeline[-1]["rss_mb"]
     per_endpoint = {
@@ -292,6 +347,7 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "duration_s": args.duration,
+        "models_trained_before_s": round(trained_s, 1),
         "rate_target_per_s": args.rate,
         "events": events,
         "events_per_s": round(events / args.duration, 1),
@@ -326,9 +382,26 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
         "rss_end_mb": round(rss_end, 1),
         "rss_peak_mb": round(max(p["rss_mb"] for p in timeline), 1),
         "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
+        **native,
+        "cpu_s": round(cpu_s, 1),
+        "cpu_ms_per_event": round(1000 * cpu_s / max(events, 1), 3),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
+        "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX", "default"),
+        "tracemalloc": bool(args.tracemalloc),
+        **(
+            {
+                "py_traced_after_warmup_mb": round(after_warmup[0].get("py_traced_mb", 0.0), 1),
+                "py_traced_end_mb": round(timeline[-1].get("py_traced_mb", 0.0), 1),
+            }
+            if args.tracemalloc
+            else {}
+        ),
     }
     if seen["failures"]:
         result["api_failure_kinds"] = "; ".join(f"{k} x{v}" for k, v in sorted(seen["failures"].items()))
+    if seen.get("failure_samples"):
+        result["api_failure_samples"] = " | ".join(seen["failure_samples"])
     if seen.get("ws_detail"):
         result["ws_detail"] = seen["ws_detail"]
     _plot(timeline, samples, warm, result, RESULTS / "soak")
@@ -337,6 +410,44 @@ def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
+
+
+# -- memory ------------------------------------------------------------------------------------------
+
+
+def _native_memory(settings: Any) -> dict[str, float]:
+    """Memory held outside Python's own allocator: Arrow's pool and the lake's DuckDB buffers, in MB."""
+    import pyarrow as pa
+
+    from finsecure.event import service as event_service
+
+    out = {"arrow_allocated_mb": round(pa.total_allocated_bytes() / 2**20, 1)}
+    with contextlib.suppress(Exception):  # the lake may never have been queried
+        lake = event_service.get_lake(settings=settings)
+        table = lake.sql("SELECT sum(memory_usage_bytes) AS b FROM duckdb_memory()").table
+        out["duckdb_memory_mb"] = round(float(table.to_pylist()[0]["b"] or 0) / 2**20, 1)
+    return out
+
+
+def _traced_mb() -> float:
+    import tracemalloc
+
+    return tracemalloc.get_traced_memory()[0] / 2**20
+
+
+def _write_memory_growth(before: Any, path: Path, top: int = 30) -> None:
+    """The Python allocation sites that grew most since ``before`` (a tracemalloc snapshot)."""
+    import tracemalloc
+
+    after = tracemalloc.take_snapshot()
+    stats = after.compare_to(before, "traceback")
+    lines = [f"Python allocations that grew most after warm-up (top {top}, by traceback)", ""]
+    for stat in stats[:top]:
+        lines.append(f"{stat.size_diff / 2**20:+8.2f} MB  {stat.count_diff:+8d} blocks")
+        lines += [f"    {line}" for line in stat.traceback.format()[-6:]]
+    total = sum(s.size_diff for s in stats)
+    lines.append(f"\ntotal traced growth: {total / 2**20:+.2f} MB")
+    path.write_text("\n".join(lines) + "\n")
 
 
 # -- the plot ------------------------------------------------------------------------------------------
@@ -349,7 +460,12 @@ def _plot(
     result: dict[str, Any],
     stem: Path,
 ) -> None:
-    """Three panels over time: server RSS, events/s, API latency (p99 per 10 s window)."""
+    """Three panels over time, as a PNG: server RSS, events/s, API latency (p99 per window)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     duration = max(p["t"] for p in timeline) or 1.0
     window = max(1.0, duration / 60)
     buckets: dict[int, list[float]] = {}
@@ -365,77 +481,24 @@ def _plot(
         ),
         (f"API latency, p99 per {window:.0f} s window (ms)", p99, "#d62728"),
     ]
-    try:
-        import matplotlib  # type: ignore[import-not-found,unused-ignore]
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
-
-        fig, axes = plt.subplots(len(panels), 1, figsize=(9, 8), sharex=True)
-        for ax, (title, points, colour) in zip(axes, panels, strict=True):
-            ax.plot([x for x, _ in points], [y for _, y in points], color=colour)
-            ax.axvline(warm, color="grey", linestyle="--", linewidth=0.8)
-            ax.set_title(title, fontsize=10)
-        axes[-1].set_xlabel("seconds")
-        fig.tight_layout()
-        fig.savefig(stem.with_suffix(".png"), dpi=100)
-        plt.close(fig)
-    except ImportError:
-        pass
-    stem.with_suffix(".svg").write_text(_svg(panels, duration, warm, result))
-
-
-def _svg(
-    panels: list[tuple[str, list[tuple[float, float]], str]], duration: float, warm: float, r: Any
-) -> str:
-    width, height, left, top, gap = 900, 230, 70, 40, 30
-    total = top + len(panels) * (height + gap) + 20
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total}" '
-        f'font-family="sans-serif" font-size="12">',
-        '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="{left}" y="22" font-size="14">Soak: {r["duration_s"]:.0f} s at '
-        f"{r['rate_target_per_s']:.0f} events/s: {r['events']:,} events, {r['lost_events']} lost, "
-        f"{r['errors']} errors, "
-        f"p99 API {r['p99_api_ms']} ms, RSS growth {r['rss_growth_pct']}%</text>",
-    ]
-    plot_w = width - left - 20
-    for index, (title, points, colour) in enumerate(panels):
-        y0 = top + index * (height + gap)
-        plot_h = height - 40
-        ys = [y for _, y in points] or [0.0]
-        lo, hi = min(0.0, min(ys)), max(ys) or 1.0
-        hi = hi * 1.1 if hi > 0 else 1.0
-
-        def sx(x: float) -> float:
-            return left + plot_w * x / duration
-
-        def sy(y: float, y0: float = y0, plot_h: float = plot_h, lo: float = lo, hi: float = hi) -> float:
-            return y0 + 20 + plot_h * (1 - (y - lo) / (hi - lo))
-
-        parts.append(f'<text x="{left}" y="{y0 + 12}" font-weight="bold">{title}</text>')
-        parts.append(
-            f'<rect x="{left}" y="{y0 + 20}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>'
-        )
-        for frac in (0.0, 0.5, 1.0):
-            value = lo + (hi - lo) * frac
-            parts.append(
-                f'<text x="{left - 6}" y="{sy(value) + 4:.1f}" text-anchor="end">{value:,.0f}</text>'
-            )
-        for frac in (0.0, 0.25, 0.5, 0.75, 1.0):
-            x = duration * frac
-            parts.append(
-                f'<text x="{sx(x):.1f}" y="{y0 + 20 + plot_h + 14}" text-anchor="middle">{x:.0f} s</text>'
-            )
-        parts.append(
-            f'<line x1="{sx(warm):.1f}" y1="{y0 + 20}" x2="{sx(warm):.1f}" y2="{y0 + 20 + plot_h}" '
-            'stroke="#888" stroke-dasharray="4 3"/>'
-        )
-        if points:
-            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-            parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>')
-    parts.append("</svg>")
-    return "\n".join(parts)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 8.5), sharex=True)
+    fig.suptitle(
+        f"Soak: {result['duration_s']:.0f} s at {result['rate_target_per_s']:.0f} events/s: "
+        f"{result['events']:,} events, {result['lost_events']} lost, {result['errors']} errors, "
+        f"p99 API {result['p99_api_ms']} ms, RSS growth after warm-up {result['rss_growth_pct']}%",
+        fontsize=10,
+    )
+    for ax, (title, points, colour) in zip(axes, panels, strict=True):
+        ax.plot([x for x, _ in points], [y for _, y in points], color=colour, linewidth=1.2)
+        ax.axvline(warm, color="grey", linestyle="--", linewidth=0.8, label="end of warm-up")
+        ax.set_title(title, fontsize=10, loc="left")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[-1].set_xlabel("seconds since start")
+    fig.tight_layout()
+    fig.savefig(stem.with_suffix(".png"), dpi=100)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -448,9 +511,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=1.0, help="seconds between RSS samples")
     parser.add_argument("--database-url", default=None, help="default: SQLite in the temporary directory")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--tracemalloc",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="trace Python allocations with this many frames: bench/results/soak_memory.txt",
+    )
+    parser.add_argument(
+        "--first-start", action="store_true", help="train the first models during the run, as a new install"
+    )
+    parser.add_argument("--train-models", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--client-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.train_models is not None:
+        _train_models(args.train_models, os.environ["FINSECURE_SOAK_DATABASE_URL"])
+        return 0
     if args.client is not None:
         run_client(
             args.client, os.environ["FINSECURE_SOAK_TOKEN"], args.duration, args.api_rps, args.client_out

@@ -5,7 +5,9 @@ no 5xx, status codes / content types / bodies as documented, invalid input refus
 error body shaped ``{"error": {"code", "message", "details"}}``.
 
 Bounded and repeatable: ``max_examples`` per operation and caller (``FINSECURE_FUZZ_EXAMPLES``, default
-15), derandomised, no example database. ``FINSECURE_FUZZ_EXAMPLES=500 pytest tests/security`` is the long run.
+15), derandomised, no example database. ``FINSECURE_FUZZ_CASES=10000`` instead sets a total, spread evenly
+over operations x callers x databases (``make fuzz``). With ``FINSECURE_FUZZ_REPORT=<path>`` the run writes
+how many cases it sent and what came back (a flat JSON object).
 
 Why no example can lock the fuzzer out: each test (operation x caller) signs in as its own fresh caller
 (a new user signed in through the service, so the sign-in throttle never interferes, or a new API key),
@@ -21,6 +23,10 @@ transaction): the running pipeline writes dead letters on its own connection, wh
 
 from __future__ import annotations
 
+import collections
+import datetime as dt
+import json
+import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -55,7 +61,6 @@ from finsecure.core.deps import AppContext
 from finsecure.platform import Platform
 from tests.conftest import BACKENDS, TEST_PASSWORD, TempPostgres, make_settings
 
-MAX_EXAMPLES = int(os.environ.get("FINSECURE_FUZZ_EXAMPLES", "15"))
 NOBODY, VIEWER, ANALYST, ADMIN, API_KEY = "nobody", "viewer", "analyst", "admin", "api_key"
 CALLERS = (NOBODY, VIEWER, ANALYST, ADMIN, API_KEY)
 CHECKS = [
@@ -90,6 +95,46 @@ def _operations() -> list[tuple[str, str]]:
 OPERATIONS = _operations()
 
 
+def _max_examples() -> int:
+    """Examples per test: ``FINSECURE_FUZZ_CASES`` spread over all tests, else ``FINSECURE_FUZZ_EXAMPLES``."""
+    total = os.environ.get("FINSECURE_FUZZ_CASES")
+    if total:
+        return max(1, math.ceil(int(total) / (len(OPERATIONS) * len(CALLERS) * len(BACKENDS))))
+    return int(os.environ.get("FINSECURE_FUZZ_EXAMPLES", "15"))
+
+
+MAX_EXAMPLES = _max_examples()
+#: What the run sent and got back, per backend and status ("sqlite 200", "pg 422"...), for the report.
+SENT: collections.Counter[str] = collections.Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_report() -> Iterator[None]:
+    """With ``FINSECURE_FUZZ_REPORT``, write what the whole run sent and got back once it ends."""
+    yield
+    path = os.environ.get("FINSECURE_FUZZ_REPORT")
+    if not path:
+        return
+    by_status: collections.Counter[str] = collections.Counter()
+    for key, n in SENT.items():
+        by_status[key.split()[1]] += n
+    report = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "operations": len(OPERATIONS),
+        "callers": len(CALLERS),
+        "max_examples_per_test": MAX_EXAMPLES,
+        "cases": sum(SENT.values()),
+        **{
+            f"cases_{backend}": sum(n for k, n in SENT.items() if k.startswith(f"{backend} "))
+            for backend in ("sqlite", "pg")
+        },
+        "server_errors": sum(n for k, n in by_status.items() if k.startswith("5")),
+        **{f"status_{code}": n for code, n in sorted(by_status.items())},
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
 @dataclass
 class Target:
     """The app under fuzzing, its client, schema and database."""
@@ -97,6 +142,7 @@ class Target:
     client: TestClient
     context: AppContext
     schema: Any  # schemathesis.specs.openapi.schemas.OpenApiSchema
+    backend: str = "sqlite"
 
     def session(self) -> Session:
         return Session(self.context.engine, expire_on_commit=False)
@@ -170,7 +216,8 @@ def target(fuzz_engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
     app = create_app(context=context)
     with TestClient(app, raise_server_exceptions=False) as client:
         schema = schemathesis.openapi.from_dict(client.get("/api/openapi.json").json())
-        yield Target(client=client, context=context, schema=schema)
+        backend = "sqlite" if fuzz_engine.dialect.name == "sqlite" else "pg"
+        yield Target(client=client, context=context, schema=schema, backend=backend)
 
 
 def _send(client: TestClient, case: Any, headers: dict[str, str]) -> Any:
@@ -229,6 +276,7 @@ def test_fuzz__operation_as_caller(target: Target, method: str, path: str, calle
             for name in victims:
                 case.path_parameters[name] = target.victim(VICTIM_PARAMS[name])
         response = _send(target.client, case, headers)
+        SENT[f"{target.backend} {response.status_code}"] += 1
         case.validate_response(response, checks=CHECKS, headers=headers)
         assert_error_shape(response)
 

@@ -127,7 +127,7 @@ def test_websocket__closed_when_the_access_token_expires(
 ) -> None:
     user = make_user(Role.viewer)
     settings = web_context.settings
-    issued = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.access_token_ttl_s - 1.5)
+    issued = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.access_token_ttl_s - 5)
     token, _ = create_access_token(settings, user_id=user.id, role=user.role.value, now=issued)
     with web_client.websocket_connect("/ws") as ws:
         ws.send_json({"type": "auth", "token": token})

@@ -6,7 +6,9 @@ import datetime as dt
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
+from finsecure.core.cache import RefreshingCache
 from finsecure.core.errors import AppError, BadRequest
 from finsecure.core.settings import Settings
 from finsecure.event.schemas import Domain
@@ -16,6 +18,13 @@ logger = logging.getLogger(__name__)
 
 #: Time limit of one search made through the API.
 SEARCH_TIMEOUT_S = 10.0
+#: A search's answer is kept this long for the same filters (the lake's files arrive every few seconds
+#: anyway), and served while a new one is computed in the background up to SEARCH_STALE_S.
+SEARCH_FRESH_S = 5.0
+SEARCH_STALE_S = 30.0
+_search_cache: RefreshingCache[tuple[Any, ...], SearchResult] = RefreshingCache(
+    fresh_s=SEARCH_FRESH_S, stale_s=SEARCH_STALE_S, max_entries=256
+)
 
 
 class SearchUnavailable(AppError):
@@ -72,25 +81,32 @@ def search(
         non-finite ``min_score``).
     SearchUnavailable
         When the lake is too slow or cannot be read.
+
+    Notes
+    -----
+    The same search within :data:`SEARCH_FRESH_S` seconds gets the same answer (up to
+    :data:`SEARCH_STALE_S` while a new one is computed in the background).
     """
+    filters: dict[str, Any] = {
+        "since": since,
+        "until": until,
+        "user_id": user_id,
+        "account_id": account_id,
+        "card_id": card_id,
+        "device_id": device_id,
+        "src_ip": src_ip,
+        "dst_ip": dst_ip,
+        "merchant_id": merchant_id,
+        "min_score": min_score,
+        "text": text,
+        "order": order,
+        "limit": limit,
+        "offset": offset,
+    }
+    lake = get_lake(settings=settings)
+    key = (lake.root, Domain(domain).value, *sorted(filters.items()))
     try:
-        return get_lake(settings=settings).search(
-            domain,
-            since=since,
-            until=until,
-            user_id=user_id,
-            account_id=account_id,
-            card_id=card_id,
-            device_id=device_id,
-            src_ip=src_ip,
-            dst_ip=dst_ip,
-            merchant_id=merchant_id,
-            min_score=min_score,
-            text=text,
-            order=order,
-            limit=limit,
-            offset=offset,
-        )
+        return _search_cache.get(key, lambda: lake.search(domain, **filters))
     except ValueError as exc:
         raise BadRequest(str(exc), code="invalid_filter") from exc
     except LakeQueryTimeout as exc:

@@ -214,6 +214,9 @@ class LakeQuery:
             con.execute("SET autoinstall_known_extensions = false")
             con.execute("SET autoload_known_extensions = false")
             con.execute("SET memory_limit = $limit", {"limit": self.memory_limit})
+            # Lake files are never changed once written: keep their footers instead of reading every
+            # file's metadata again on each query (the dashboard polls; a live lake has many small files).
+            con.execute("SET parquet_metadata_cache = true")
             if self.threads is not None:
                 con.execute("SET threads = $threads", {"threads": self.threads})
             for view in VIEWS:

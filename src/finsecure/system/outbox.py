@@ -46,13 +46,21 @@ from typing import Literal
 import polars as pl
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["DbOutbox", "OutboxFull", "OutboxStatus", "is_db_unavailable"]
+__all__ = ["DbOutbox", "OutboxFull", "OutboxStatus", "is_db_busy", "is_db_unavailable"]
 
 logger = logging.getLogger(__name__)
 
 Writer = Callable[[pl.DataFrame], object]
 
 _SPILL_NAME = re.compile(r"^(\d{12})\.([a-z0-9_]+)\.arrow$")
+
+#: SQLite's primary result codes for "another connection holds the lock": SQLITE_BUSY, SQLITE_LOCKED.
+_SQLITE_BUSY_CODES = frozenset({5, 6})
+#: PostgreSQL states for "waited on a lock or a time limit": lock_not_available, deadlock_detected,
+#: serialization_failure, query_canceled (a statement or lock timeout).
+_PG_BUSY_STATES = frozenset({"55P03", "40P01", "40001", "57014"})
+#: Seconds between retries while the database is only busy.
+_BUSY_RETRY_S = 0.2
 
 
 class OutboxFull(RuntimeError):
@@ -75,6 +83,28 @@ def is_db_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)
 
 
+def is_db_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database answered but another transaction held a lock for too long
+    (SQLite "database is locked", a PostgreSQL lock or statement timeout): busy for a moment, not down.
+
+    >>> import sqlite3
+    >>> locked = sqlite3.OperationalError("database is locked")
+    >>> locked.sqlite_errorcode = 5
+    >>> is_db_busy(sa_exc.OperationalError("INSERT", {}, locked))
+    True
+    >>> is_db_busy(sa_exc.OperationalError("connect", {}, ConnectionRefusedError()))
+    False
+    """
+    if not isinstance(exc, sa_exc.DBAPIError) or exc.connection_invalidated:
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _SQLITE_BUSY_CODES  # extended codes (BUSY_SNAPSHOT...) keep the primary byte
+    state = getattr(orig, "sqlstate", None)
+    return isinstance(state, str) and state in _PG_BUSY_STATES
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxStatus:
     """What the outbox holds and whether the database was reachable at the last attempt."""
@@ -87,6 +117,9 @@ class OutboxStatus:
     failed_rows: int
     down_since: dt.datetime | None
     last_error: str | None
+    busy: bool = False
+    """The last failed write met a busy database (it answered, but a lock was held too long), not an
+    unreachable one."""
 
     @property
     def detail(self) -> str:
@@ -96,10 +129,16 @@ class OutboxStatus:
         parts = []
         if self.state == "degraded":
             since = f" since {self.down_since:%H:%M:%S} UTC" if self.down_since else ""
-            parts.append(
-                f"the database is not answering{since}: {self.pending_rows:,} row(s) wait to be written "
-                f"({self.spilled_files} file(s) on disk); events still go to the lake"
-            )
+            if self.busy:
+                parts.append(
+                    f"the database is busy with other writes{since}: {self.pending_rows:,} row(s) wait and "
+                    "are retried; events still go to the lake"
+                )
+            else:
+                parts.append(
+                    f"the database is not answering{since}: {self.pending_rows:,} row(s) wait to be "
+                    f"written ({self.spilled_files} file(s) on disk); events still go to the lake"
+                )
         if self.failed_rows:
             parts.append(f"{self.failed_rows:,} row(s) the database refused are kept for review")
         return "; ".join(parts)
@@ -156,6 +195,7 @@ class DbOutbox:
         self._failed = 0
         self._down_since: dt.datetime | None = None
         self._last_error: str | None = None
+        self._busy = False
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -267,19 +307,28 @@ class DbOutbox:
                 failed_rows=self._failed,
                 down_since=self._down_since,
                 last_error=self._last_error,
+                busy=self._busy,
             )
 
     # -- internals ----------------------------------------------------------------------------------
 
     def _went_down(self, exc: BaseException) -> None:
+        busy = is_db_busy(exc)
         if self._down_since is None:
             self._down_since = dt.datetime.now(dt.UTC)
-            logger.error(
-                "the database does not answer (%s): database writes are kept and retried every %.1f s",
-                type(exc).__name__,
-                self.retry_s,
-            )
+            if busy:  # a lock held too long by another writer: it passes on its own
+                logger.warning(
+                    "the database is busy with other writes (%s): database writes are kept and retried",
+                    type(exc).__name__,
+                )
+            else:
+                logger.error(
+                    "the database does not answer (%s): database writes are kept and retried every %.1f s",
+                    type(exc).__name__,
+                    self.retry_s,
+                )
         self._last_error = type(exc).__name__
+        self._busy = busy
 
     def _enqueue(self, kind: str, frame: pl.DataFrame) -> None:
         item = _Item(seq=next(self._seq), kind=kind, rows=frame.height, frame=frame)
@@ -345,7 +394,8 @@ class DbOutbox:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.retry_s)
+            # A busy database frees up in moments: retry sooner than after an outage.
+            self._wake.wait(min(self.retry_s, _BUSY_RETRY_S) if self._busy else self.retry_s)
             self._wake.clear()
             if self._stop.is_set():
                 return
@@ -365,11 +415,13 @@ class DbOutbox:
                 with self._lock:
                     if not self._queue:
                         if self._down_since is not None:
-                            logger.warning(
+                            logger.log(
+                                logging.INFO if self._busy else logging.WARNING,
                                 "the database is back: every kept write is done (%d rows so far)",
                                 self._delivered,
                             )
                         self._down_since = None
+                        self._busy = False
                         return True
                     item = self._queue[0]
                 frame = item.frame if item.frame is not None else _load(item)

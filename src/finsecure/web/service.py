@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from finsecure.alert.models import Alert
+from finsecure.core.cache import RefreshingCache
 from finsecure.core.enums import Severity
 from finsecure.core.settings import Settings
 from finsecure.event import service as event_service
@@ -31,6 +33,15 @@ DONE_STATUSES: tuple[IncidentStatus, ...] = tuple(
 #: The entity whose travel the map draws, per domain (the feature step's geo key).
 GEO_KEYS: dict[str, str] = {"payment": "card_id", "auth": "user_id", "cloud": "user_id", "network": "user_id"}
 _ENTITY_WORDS = {"card_id": "Card", "user_id": "User"}
+#: How far back the map looks by default.
+DEFAULT_MAP_WINDOW = dt.timedelta(hours=1)
+#: Map answers are kept this long (the lake's files arrive every few seconds anyway), and served while
+#: a new one is computed in the background up to MAP_STALE_S (see :mod:`finsecure.core.cache`).
+MAP_FRESH_S = 5.0
+MAP_STALE_S = 30.0
+_map_cache: RefreshingCache[tuple[Path, dt.datetime | None, int], MapPoints] = RefreshingCache(
+    fresh_s=MAP_FRESH_S, stale_s=MAP_STALE_S, max_entries=32
+)
 
 
 def alerts_per_minute(*, db_session: Session, now: dt.datetime) -> dict[str, int]:
@@ -183,6 +194,56 @@ def _alert_events(
                 by_event[event_id] = alert
                 per_domain.setdefault(alert.domain, []).append(event_id)
     return by_event, per_domain
+
+
+def cached_map_points(
+    *,
+    settings: Settings,
+    db_session: Session,
+    session_factory: Callable[[], Session],
+    since: dt.datetime | None,
+    limit: int,
+) -> MapPoints:
+    """:func:`map_points` since ``since`` (default: the last hour), kept a few seconds for every caller.
+
+    A kept answer is at most :data:`MAP_FRESH_S` old, or up to :data:`MAP_STALE_S` while a new one is
+    computed in the background with a session of its own from ``session_factory``. The dashboard asks for
+    "the last N minutes", a ``since`` that moves on every poll: answers are kept per ``since`` rounded
+    down to :data:`MAP_FRESH_S` seconds, and trimmed to the exact ``since`` on the way out.
+    """
+
+    def compute(session: Session) -> MapPoints:
+        start = bucket or dt.datetime.now(dt.UTC) - DEFAULT_MAP_WINDOW
+        return map_points(settings=settings, db_session=session, since=start, limit=limit)
+
+    def refresh() -> MapPoints:
+        with session_factory() as session:
+            return compute(session)
+
+    bucket = None if since is None else _round_down(since, MAP_FRESH_S)
+    key = (event_service.lake_root(settings=settings).absolute(), bucket, limit)
+    kept = _map_cache.get(key, lambda: compute(db_session), refresh)
+    if since is None or since == bucket:
+        return kept
+    # An alert's events may predate ``since`` (they are shown for alerts seen since then); a trip needs
+    # both of its ends in the window, as map_points computes it.
+    return MapPoints(
+        points=[p for p in kept.points if p.alert_id is not None or p.ts >= since],
+        arcs=[a for a in kept.arcs if a.from_ts >= since],
+        since=since,
+        truncated=kept.truncated,
+    )
+
+
+def _round_down(value: dt.datetime, seconds: float) -> dt.datetime:
+    """``value`` rounded down to a multiple of ``seconds`` since the epoch (in UTC).
+
+    >>> _round_down(dt.datetime(2026, 1, 1, 12, 0, 7, 500, tzinfo=dt.UTC), 5)
+    datetime.datetime(2026, 1, 1, 12, 0, 5, tzinfo=datetime.timezone.utc)
+    """
+    value = value.astimezone(dt.UTC)
+    epoch = value.timestamp()
+    return dt.datetime.fromtimestamp(epoch - epoch % seconds, dt.UTC)
 
 
 def map_points(

@@ -20,7 +20,7 @@ overview_router = APIRouter(prefix="/overview", tags=["dashboard"])
 map_router = APIRouter(prefix="/map", tags=["dashboard"])
 
 #: How far back the map looks by default.
-DEFAULT_MAP_WINDOW = dt.timedelta(hours=1)
+DEFAULT_MAP_WINDOW = web_service.DEFAULT_MAP_WINDOW
 
 
 def _live(request: Request) -> LiveFeed | None:
@@ -55,7 +55,7 @@ def read_overview(_viewer: ViewerUser, ctx: Context, db_session: DbSession, requ
 @map_router.get(
     "/points",
     response_model=MapPoints,
-    summary="Where recent alerts and events happened, and impossible-travel trips",
+    summary="Where recent alerts and events happened, and impossible-travel trips (at most seconds old)",
     responses=error_responses(400, 401, 403, 422, 503),
 )
 def read_map_points(
@@ -67,5 +67,10 @@ def read_map_points(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=5000, description="At most this many points")] = 1000,
 ) -> MapPoints:
-    start = since or dt.datetime.now(dt.UTC) - DEFAULT_MAP_WINDOW
-    return web_service.map_points(settings=ctx.settings, db_session=db_session, since=start, limit=limit)
+    return web_service.cached_map_points(
+        settings=ctx.settings,
+        db_session=db_session,
+        session_factory=ctx.session_factory,
+        since=since,
+        limit=limit,
+    )
