@@ -10,6 +10,7 @@ evicts. Counts and flags must be equal; floats equal within 1e-9 (relative above
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 from typing import Any
@@ -35,7 +36,7 @@ from tests.features.helpers import EPOCH, canonical_frame, run_both
 _FAILED_LOGINS = (SumFeatures("failed_login", "failed_logins", ("4s", "20s"), kind="count"),)
 
 SMALL = FeatureConfig(
-    windows=(Window("4s", 4, 1), Window("20s", 20, 5), Window("60s", 60, 10)),
+    windows=(Window("4s", 4, 1), Window("8s", 8, 1), Window("20s", 20, 5), Window("60s", 60, 10)),
     domains={
         Domain.payment: DomainFeatures(
             keys=(
@@ -83,7 +84,8 @@ SMALL = FeatureConfig(
             keys=(
                 KeyFeatures(
                     "src_ip",
-                    count_windows=("4s", "20s"),
+                    # 8s shares 4s's bucket width but has no sums: it gets a counts-only ring of its own.
+                    count_windows=("4s", "8s", "20s"),
                     sums=(
                         SumFeatures("bytes", "bytes_per_s", ("20s",), kind="per_second"),
                         SumFeatures("packets", "packets_per_s", ("4s",), kind="per_second"),
@@ -223,3 +225,29 @@ def test_reference_features__counts_known_stream() -> None:
     assert out["card_id__count_4s"].to_list() == [1, 1, 1, 2, 1]
     # Idle 139 s > entity_ttl_s = 60 s before the last row: it starts afresh.
     assert out["card_id__secs_since_last"].to_list() == [None, 30.0, 31.0, 0.0, None]
+
+
+CAPPED = dataclasses.replace(SMALL, max_entities=2)
+"""The small settings with at most two entities per key: with three or four values per key in the
+random streams, the cap drops entities (and the distinct-count pairs of dropped sources) constantly."""
+
+
+@pytest.mark.parametrize("domain", list(Domain))
+@_SETTINGS
+@given(data=st.data())
+def test_feature_step__matches_reference_with_entity_cap(domain: Domain, data: st.DataObject) -> None:
+    batches, restore_at = data.draw(streams(domain, _SMALL_GAPS, _SMALL_JITTER))
+    run_both(CAPPED, domain, batches, restore_at=restore_at)
+
+
+def test_reference_features__entity_cap_drops_least_recently_seen() -> None:
+    """Cap 2: before the third batch three cards were seen; the least recent (c1) starts afresh."""
+    config = dataclasses.replace(SMALL, max_entities=2)
+    reference = ReferenceFeatures(config)
+    out = []
+    for second, card in ((0, "c1"), (1, "c2"), (2, "c3"), (3, "c1"), (4, "c3")):
+        row = {"ts": EPOCH + dt.timedelta(seconds=second), "card_id": card, "amount": 1.0}
+        out.append(reference.process(Domain.payment, canonical_frame(Domain.payment, [row])))
+    since = [frame["card_id__secs_since_last"].item() for frame in out]
+    # c1 is dropped before the batch at 3 s (c2, c3 are newer); c3 is kept.
+    assert since == [None, None, None, None, 2.0]

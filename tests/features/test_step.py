@@ -14,7 +14,7 @@ import pytest
 
 from finsecure.event.schemas import Domain, arrow_schema
 from finsecure.features import FEATURE_COLUMNS, FEATURE_DESCRIPTIONS, FeatureConfig, FeatureStep
-from finsecure.features.config import DomainFeatures, KeyFeatures
+from finsecure.features.config import DistinctFeatures, DomainFeatures, KeyFeatures
 from finsecure.features.entity_index import load_arrays, save_arrays
 from finsecure.pipeline.batch import Batch
 from tests.features.helpers import EPOCH, assert_frames_match, canonical_frame, run_both
@@ -223,3 +223,41 @@ def test_feature_step__a_failing_task_fails_the_batch_on_the_calling_thread() ->
     ):
         step.process(Batch(Domain.payment, frame, source="test"))
     step.close()
+
+
+def test_feature_step__entity_cap_bounds_state_and_matches_reference() -> None:
+    # A scanner-like stream: a new source address every row (never idle long enough for the TTL), each
+    # probing a few hosts; sources come back, some after being dropped by the cap of 50 per key.
+    config = FeatureConfig(
+        windows=FeatureConfig().windows,
+        domains={
+            Domain.network: DomainFeatures(
+                keys=(KeyFeatures("src_ip", count_windows=("5m", "1h"), max_entities=50),),
+                distinct=(DistinctFeatures("src_ip", "dst_ip", "5m"),),
+            )
+        },
+        evict_every_s=0,
+    )
+    rows = [
+        {
+            "ts": EPOCH + dt.timedelta(seconds=n),
+            "src_ip": f"203.0.113.{(n * 7) % 180}",
+            "dst_ip": f"10.0.0.{n % 5}",
+        }
+        for n in range(600)
+    ]
+    batches = [canonical_frame(Domain.network, rows[start : start + 20]) for start in range(0, 600, 20)]
+    step = run_both(config, Domain.network, batches)
+    engine = step._engines[Domain.network]
+    assert engine.capped_out > 0
+    assert step.live_entities()["network"]["src_ip"] <= 50 + 20  # the cap, plus one batch's new sources
+    assert engine.indexes["src_ip"].capacity <= 128
+
+
+def test_feature_config__entity_cap_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_entities"):
+        FeatureConfig(max_entities=0)
+    with pytest.raises(ValueError, match="max_entities of 'card_id'"):
+        FeatureConfig(
+            domains={Domain.payment: DomainFeatures(keys=(KeyFeatures("card_id", max_entities=0),))}
+        )

@@ -33,6 +33,7 @@ __all__ = [
     "CHANNELS",
     "DEFAULT_CONFIG",
     "FAILED_CONN_STATES",
+    "IP_MAX_ENTITIES",
     "DistinctFeatures",
     "DomainFeatures",
     "FeatureConfig",
@@ -104,7 +105,8 @@ class KeyFeatures:
     """Window features of one entity key column (``card_id``, ``user_id``, ``src_ip`` ...).
 
     ``amount_stats`` adds the mean and standard deviation of the entity's earlier amounts and how this
-    amount compares to them (needs the ``amount`` channel).
+    amount compares to them (needs the ``amount`` channel). ``max_entities`` caps how many entities of
+    this key are kept (``None``: :attr:`FeatureConfig.max_entities`); see :class:`FeatureConfig`.
     """
 
     key: str
@@ -112,6 +114,7 @@ class KeyFeatures:
     sums: tuple[SumFeatures, ...] = ()
     amount_stats: bool = False
     secs_since_last: bool = True
+    max_entities: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,12 +157,18 @@ _DEFAULT_WINDOWS: tuple[Window, ...] = (
 _LONG = ("1h", "24h", "7d", "30d")
 
 
+IP_MAX_ENTITIES = 1_000_000
+"""Default cap on the live IP addresses kept per IP key: addresses seen on the internet (scanners,
+probes, customers' changing home addresses) are not a bounded population, unlike cards or users."""
+
+
 def _payment_key(key: str, *, stats: bool = True) -> KeyFeatures:
     return KeyFeatures(
         key=key,
         count_windows=_LONG,
         sums=(SumFeatures("amount", "sum_amount", _LONG),),
         amount_stats=stats,
+        max_entities=IP_MAX_ENTITIES if key == "src_ip" else None,
     )
 
 
@@ -182,7 +191,7 @@ def _default_domains() -> dict[Domain, DomainFeatures]:
             keys=(
                 KeyFeatures("user_id", sums=failed_logins),
                 KeyFeatures("device_id"),
-                KeyFeatures("src_ip", sums=failed_logins),
+                KeyFeatures("src_ip", sums=failed_logins, max_entities=IP_MAX_ENTITIES),
             ),
             geo_key="user_id",
             pairs=(
@@ -197,7 +206,7 @@ def _default_domains() -> dict[Domain, DomainFeatures]:
                     "user_id",
                     sums=(SumFeatures("failure", "failures", ("1h", "24h"), kind="count"),),
                 ),
-                KeyFeatures("src_ip"),
+                KeyFeatures("src_ip", max_entities=IP_MAX_ENTITIES),
             ),
             geo_key="user_id",
             pairs=(
@@ -215,8 +224,9 @@ def _default_domains() -> dict[Domain, DomainFeatures]:
                         SumFeatures("packets", "packets_per_s", ("5m",), kind="per_second"),
                         SumFeatures("failed_conn", "failed_ratio", ("5m",), kind="ratio"),
                     ),
+                    max_entities=IP_MAX_ENTITIES,
                 ),
-                KeyFeatures("dst_ip", count_windows=("5m", "1h", "24h")),
+                KeyFeatures("dst_ip", count_windows=("5m", "1h", "24h"), max_entities=IP_MAX_ENTITIES),
             ),
             distinct=(
                 DistinctFeatures("src_ip", "dst_ip", "5m"),
@@ -246,6 +256,14 @@ class FeatureConfig:
         A pair (card x merchant, user x device ...) unseen this long counts as new again.
     evict_every_s
         How often (in event time) idle entities are dropped to free memory; 0 means every batch.
+    max_entities
+        Most entities kept per key (a key's own ``max_entities`` overrides it): memory is bounded even
+        for keys whose values never stop coming (IP addresses on the internet). Checked before each
+        batch: when more entities than that were seen within ``entity_ttl_s`` (counted from the
+        watermark less ``max_delay_s``), the least recently seen are dropped until at most nine tenths
+        of the cap remain (all those last seen before one cut-off time, so entities last seen at the
+        same time go together). A dropped entity that comes back starts afresh, as after
+        ``entity_ttl_s``. The default never bites a bank-sized population of cards or users.
     impossible_speed_kmh, impossible_min_km, min_travel_s
         Travel between two located events is impossible when faster than ``impossible_speed_kmh`` over
         more than ``impossible_min_km``; time gaps shorter than ``min_travel_s`` count as
@@ -261,6 +279,7 @@ class FeatureConfig:
     entity_ttl_s: float = 30 * 86_400.0
     novelty_ttl_s: float = 90 * 86_400.0
     evict_every_s: float = 3_600.0
+    max_entities: int = 20_000_000
     impossible_speed_kmh: float = 900.0
     impossible_min_km: float = 100.0
     min_travel_s: float = 60.0
@@ -268,6 +287,10 @@ class FeatureConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def entity_cap(self, key: KeyFeatures) -> int:
+        """Most entities kept for ``key``: its own ``max_entities`` or :attr:`max_entities`."""
+        return key.max_entities if key.max_entities is not None else self.max_entities
 
     def window(self, name: str) -> Window:
         """The window called ``name``."""
@@ -300,6 +323,8 @@ class FeatureConfig:
         ):
             if value < 0:
                 raise ValueError(f"feature settings: {name} must be 0 or more, got {value}")
+        if self.max_entities < 1:
+            raise ValueError(f"feature settings: max_entities must be at least 1, got {self.max_entities}")
         for domain, spec in self.domains.items():
             self._validate_domain(Domain(domain), spec)
 
@@ -318,6 +343,8 @@ class FeatureConfig:
                     raise ValueError(f"{where}: {domain} has no channel {sums.channel!r}")
                 if sums.kind not in ("sum", "count", "per_second", "ratio"):
                     raise ValueError(f"{where}: unknown sum kind {sums.kind!r}")
+            if key.max_entities is not None and key.max_entities < 1:
+                raise ValueError(f"{where}: max_entities of {key.key!r} must be at least 1")
             if key.amount_stats and "amount" not in CHANNELS[domain]:
                 raise ValueError(f"{where}: amount_stats needs an amount column")
         for pair in spec.pairs:

@@ -484,6 +484,41 @@ class EntityIndex:
         self._dead_bytes += int(freed[1])
         return int(freed[0])
 
+    def cap_cutoff(self, keep: int) -> int | None:
+        """The ``last_seen`` cut-off that leaves the ``keep`` most recently seen entities or fewer (all
+        those last seen at the cut-off time or later), or ``None`` when at most ``keep`` are live.
+
+        >>> index = EntityIndex()
+        >>> index.lookup(pl.Series(["a", "b", "c"])).tolist()
+        [0, 1, 2]
+        >>> index.last_seen[:3] = [30, 10, 20]
+        >>> index.cap_cutoff(2), index.cap_cutoff(3)
+        (11, None)
+        """
+        used = self.high_water
+        seen = self.last_seen[:used][self._live[:used]]
+        if len(seen) <= keep:
+            return None
+        if keep <= 0:
+            return int(seen.max()) + 1
+        position = len(seen) - keep - 1  # the newest time that must go
+        return int(np.partition(seen, position)[position]) + 1
+
+    def slots_before(self, cutoff_us: int) -> npt.NDArray[np.int64]:
+        """Live slots last seen before ``cutoff_us`` (those :meth:`evict` would free)."""
+        used = self.high_water
+        return np.flatnonzero(self._live[:used] & (self.last_seen[:used] < cutoff_us)).astype(np.int64)
+
+    def forget(self, slots: npt.NDArray[np.int64]) -> int:
+        """Free the given live slots at once (as :meth:`evict` does); return how many were freed."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if len(slots) == 0:
+            return 0
+        self.last_seen[slots] = NONE_TS
+        # Every other live slot has a real time (lookups write it in the same batch), so a cut-off just
+        # above NONE_TS frees exactly these.
+        return self.evict(NONE_TS + 1)
+
     def _free_and_rebuild(self, cutoff_us: int) -> int:
         new_arena = np.empty_like(self._arena)  # only the compacted prefix is ever read
         freed = _evict_and_rebuild(

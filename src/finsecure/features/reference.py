@@ -3,8 +3,10 @@
 It follows the rules written in :mod:`finsecure.features.config` and in each feature module one event
 at a time, with dictionaries and lists and no cleverness: every window is recounted from the
 entity's full event list, every mean and standard deviation recomputed from all earlier amounts,
-every distinct count rebuilt as a set. It never evicts anything: the step's eviction is designed to
-be invisible, and comparing against a reference that keeps everything is what checks that.
+every distinct count rebuilt as a set. It never evicts idle entities: the step's eviction is designed
+to be invisible, and comparing against a reference that keeps everything is what checks that. The one
+visible drop, the cap on entities per key (``max_entities``, see
+:class:`~finsecure.features.config.FeatureConfig`), it applies literally before each batch.
 
 Only for tests and debugging: it is thousands of times slower than the step.
 
@@ -83,6 +85,7 @@ class ReferenceFeatures:
             return pl.DataFrame()
         state = self._states.setdefault(domain, _DomainState())
         rows = frame.to_dicts()
+        self._cap(spec, state, rows)
         times = [_micros(row["ts"]) for row in rows]
         out: list[Row] = [{} for _ in rows]
         for i in sorted(range(len(rows)), key=lambda i: times[i]):  # sorted() is stable
@@ -93,6 +96,26 @@ class ReferenceFeatures:
             {c.name: [row.get(c.name) for row in out] for c in columns},
             schema={c.name: c.dtype for c in columns},
         )
+
+    def _cap(self, spec: DomainFeatures, state: _DomainState, rows: list[Row]) -> None:
+        """Before a batch: per key present in it, if more than ``max_entities`` entities were seen within
+        ``entity_ttl_s`` of the watermark less ``max_delay_s``, drop every entity last seen before the
+        newest time that leaves at most nine tenths of the cap."""
+        if state.watermark is None:
+            return
+        config = self.config
+        expired = state.watermark - round(config.max_delay_s * _US) - round(config.entity_ttl_s * _US)
+        for key in spec.keys:
+            table = state.entities.get(key.key)
+            if not table or all(row.get(key.key) is None for row in rows):
+                continue
+            cap = config.entity_cap(key)
+            recent = sorted((e.last_seen for e in table.values() if e.last_seen >= expired), reverse=True)
+            if len(recent) <= cap:
+                continue
+            cutoff = recent[cap - cap // 10] + 1
+            for value in [value for value, entity in table.items() if entity.last_seen < cutoff]:
+                del table[value]
 
     # ---------------------------------------------------------------------------------------------
 

@@ -57,8 +57,8 @@ from finsecure.pipeline.batch import Batch, Step
 __all__ = ["FeatureStep", "event_times_us"]
 
 _US = 1_000_000
-_SNAPSHOT_VERSION = 2
-"""2: entity keys hashed a word at a time (version 1 snapshots hold byte-wise hashes)."""
+_SNAPSHOT_VERSION = 3
+"""3: window rings without sums keep counts only (2: keys hashed a word at a time; 1: byte-wise)."""
 
 
 def event_times_us(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
@@ -75,6 +75,22 @@ def event_times_us(frame: pl.DataFrame) -> npt.NDArray[np.int64]:
     # datetime64[us] shares the column's buffer (to_physical() would build a new column first); the copy
     # makes it writable and contiguous, so every kernel sees one array type (numba compiles per type).
     return np.require(ts.to_numpy().view(np.int64), np.int64, ["C", "W"])
+
+
+def _pairs_of(index: EntityIndex, lefts: set[bytes]) -> npt.NDArray[np.int64]:
+    """Live slots of a pair index (keys ``"<bytes of left>:<left><right>"``) whose left is in ``lefts``."""
+    if not lefts:
+        return np.zeros(0, dtype=np.int64)
+    found: list[int] = []
+    for slot, name in enumerate(index.keys(np.arange(index.high_water))):
+        if name is None:
+            continue
+        raw = name.encode()
+        colon = raw.index(b":")
+        start = colon + 1
+        if raw[start : start + int(raw[:colon])] in lefts:
+            found.append(slot)
+    return np.array(found, dtype=np.int64)
 
 
 class _Validity:
@@ -176,12 +192,19 @@ class _Batch:
     series: list[pl.Series | None]
     scheduler: _Scheduler
     cutoffs: _Cutoffs | None
+    base: int | None = None
+    """The watermark less ``max_delay_s`` before this batch (None on a domain's first batch)."""
     evicted: list[int] = field(default_factory=list)
+    capped: list[int] = field(default_factory=list)
 
     def evict(self, index: EntityIndex, cutoff: int) -> None:
         """Evict ``index`` if an eviction is due in this batch (list appends are thread-safe)."""
         if self.cutoffs is not None:
-            self.evicted.append(index.evict(cutoff))
+            self.evict_now(index, cutoff)
+
+    def evict_now(self, index: EntityIndex, cutoff: int) -> None:
+        """Evict ``index`` at ``cutoff``, counting the entities freed."""
+        self.evicted.append(index.evict(cutoff))
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +287,8 @@ class _DomainEngine:
         self.last_evict = NONE_TS
         self.late_events = 0
         self.evictions = 0
+        self.capped_out = 0
+        """Entities dropped because their key held more than ``max_entities`` (see :meth:`_cap`)."""
 
     # ---------------------------------------------------------------------------------------------
 
@@ -282,15 +307,17 @@ class _DomainEngine:
         ts = event_times_us(frame)
         order = np.argsort(ts, kind="stable").astype(np.int64, copy=False)
         cutoffs = None
+        base = None
         if self.watermark != NONE_TS:
             cutoffs = self._cutoffs()
+            base = self.watermark - round(config.max_delay_s * _US)
             clamped = np.maximum(ts, self.watermark - round(config.max_delay_s * _US))
         else:
             clamped = ts
         late = clamped > ts
         values = channel_values(self.domain, frame, self.channels, config)
         keys = BatchKeys(frame)
-        work = _Batch(keys, order, clamped, values, [None] * len(self.columns), _Scheduler(), cutoffs)
+        work = _Batch(keys, order, clamped, values, [None] * len(self.columns), _Scheduler(), cutoffs, base)
         lates: list[npt.NDArray[np.bool_]] = []
         absent: list[str] = []
         # Costliest first (keys, then pairs, then the rest), so the threads finish close together.
@@ -317,6 +344,7 @@ class _DomainEngine:
         series[-1] = pl.Series(self.names[-1], late, dtype=pl.Boolean)
         self.late_events += int(np.count_nonzero(late))
         self.evictions += sum(work.evicted)
+        self.capped_out += sum(work.capped)
         self.watermark = max(self.watermark, int(ts.max()))
         return [
             column if column is not None else self._null_series(n, rows) for n, column in enumerate(series)
@@ -331,8 +359,9 @@ class _DomainEngine:
         state = self.windows[key]
         index = self.indexes[key]
         self._evict_keys(work, [key])
+        self._cap(work, key)
         idx = index.lookup_buffers(buffers)
-        state.ensure(index.capacity)
+        state.ensure(index.high_water)  # slots handed out so far: every index in ``idx`` is below it
         te, prev = effective_times(
             work.order,
             idx,
@@ -402,6 +431,30 @@ class _DomainEngine:
             for item in self.distinct:
                 if item.key == key:
                     work.evict(item.index, cutoffs.base - item.window.length_s * _US)
+
+    def _cap(self, work: _Batch, key: str) -> None:
+        """Keep at most ``max_entities`` entities of ``key`` (see :class:`FeatureConfig`).
+
+        Entities idle longer than ``entity_ttl_s`` go first (invisible: they would start afresh anyway);
+        if more than the cap remain, the least recently seen are dropped down to nine tenths of it (so
+        this work is rare), with their distinct-count pairs, so that one that comes back starts afresh.
+        """
+        index = self.indexes[key]
+        cap = self.config.entity_cap(self._key_specs[key])
+        if work.base is None or len(index) <= cap:
+            return
+        work.evict_now(index, work.base - round(self.config.entity_ttl_s * _US))
+        if len(index) <= cap:
+            return
+        cutoff = index.cap_cutoff(cap - cap // 10)
+        if cutoff is None:
+            return
+        gone = index.slots_before(cutoff)
+        names = {name.encode() for name in index.keys(gone) if name is not None}
+        for item in self.distinct:
+            if item.key == key:
+                item.index.forget(_pairs_of(item.index, names))
+        work.capped.append(index.evict(cutoff))
 
     def _publish(self, work: _Batch, arrays: dict[int, pa.Array]) -> None:
         """Convert a task's columns to Polars in one go, inside the task: the conversion holds the GIL,
@@ -517,6 +570,7 @@ class _DomainEngine:
             "last_evict": self.last_evict,
             "late_events": self.late_events,
             "evictions": self.evictions,
+            "capped_out": self.capped_out,
         }
 
     def restore(self, arrays: Mapping[str, npt.NDArray[np.generic]], scalars: Mapping[str, int]) -> None:
@@ -546,6 +600,7 @@ class _DomainEngine:
         self.last_evict = int(scalars["last_evict"])
         self.late_events = int(scalars["late_events"])
         self.evictions = int(scalars["evictions"])
+        self.capped_out = int(scalars.get("capped_out", 0))
 
 
 class FeatureStep(Step):

@@ -38,10 +38,14 @@ rate. Everything of one entity sits in one row of ``state`` (masks, statistics, 
 start on cache-line boundaries), and for rows a few events ahead the kernel prefetches the entity's
 header lines and the cells of its current buckets, because on a large stream nearly every row's state
 is a cache miss. The kernel indexes ``state[e, j]`` (no per-row views) and has a second copy of its
-loop compiled for the usual single channel, where the 128-bit updates unroll. Memory per entity and
-key: ``8 * (rings + 3 + (windows + cells) * (1 + 2 * channels))`` bytes, rounded up to 64: 3,264 bytes
-for the default payment keys (1 h in 1-minute buckets, 24 h in hours, 7 and 30 days in days, one
-amount channel).
+loop compiled for the usual single channel, where the 128-bit updates unroll.
+
+Windows that no sum is taken over (``dst_ip`` counts, the 1 h to 30 d counts of a network source
+whose traffic is summed over 5 minutes only) get rings of their own that hold counts only: a cell is
+then one word instead of ``1 + 2 * channels``. Memory per entity and key: ``8 * (rings + 3 + sum over
+windows and cells of their width)`` bytes, rounded up to 64: 3,264 bytes for the default payment
+keys (1 h in 1-minute buckets, 24 h in hours, 7 and 30 days in days, one amount channel), 1,664 for
+a network source (7,552 when every cell held its three channels), 832 for a network destination.
 """
 
 from __future__ import annotations
@@ -177,6 +181,8 @@ def _windows_loop(
     ring_n: npt.NDArray[np.int64],
     ring_off: npt.NDArray[np.int64],
     ring_first: npt.NDArray[np.int64],
+    ring_c: npt.NDArray[np.int64],
+    win_at: npt.NDArray[np.int64],
     win_order: npt.NDArray[np.int64],
     win_ring: npt.NDArray[np.int64],
     win_n: npt.NDArray[np.int64],
@@ -192,12 +198,14 @@ def _windows_loop(
     # memory), window totals, then the ring cells; so a row touches as few cache lines as possible.
     # The state is always indexed as ``state[e, j]``: taking a row view (``state[e]``) per event costs
     # reference counting that is a large share of the work per row.
+    # A ring (and the totals of its windows) holds sums only if one of its windows needs them: its
+    # cells are ``1 + 2 * ring_c[r]`` words (a count, then ``ring_c[r]`` 128-bit sums, 0 or n_chan).
     n_rings = len(ring_g)
     n_win = len(win_n)
     width = 1 + 2 * n_chan
     at_stats = n_rings
     at_totals = n_rings + 3
-    at_cells = at_totals + n_win * width
+    at_cells = at_totals + win_at[n_win]
     nan = np.nan
     zero = np.uint64(0)
     one = np.uint64(1)
@@ -217,7 +225,7 @@ def _windows_loop(
                     prefetch(state, coming, word)
                 for r in range(n_rings):
                     slot = t_buckets[r, ahead] & (ring_n[r] - 1)
-                    prefetch(state, coming, at_cells + (ring_off[r] + slot) * width)
+                    prefetch(state, coming, at_cells + ring_off[r] + slot * (1 + 2 * ring_c[r]))
         i = order[k]
         e = idx[i]
         if e < 0:
@@ -248,21 +256,23 @@ def _windows_loop(
                 if gap <= 0:
                     continue
                 n = ring_n[r]
-                base = at_cells + ring_off[r] * width
+                rc = ring_c[r]
+                rw = 1 + 2 * rc
+                base = at_cells + ring_off[r]
                 # Buckets leaving a window are taken off its running total (exact: integer arithmetic).
                 for q in range(ring_first[r], ring_first[r + 1]):
                     w = win_order[q]
                     nw = win_n[w]
-                    total = at_totals + w * width
+                    total = at_totals + win_at[w]
                     if gap >= nw:
-                        for j in range(total, total + width):
+                        for j in range(total, total + rw):
                             state[e, j] = zero
                         continue
                     todo = state[e, r] & _span((old - nw + 1) & (n - 1), gap, n)
                     while todo != zero:
                         low = todo & (~todo + one)
-                        cell = base + _DEBRUIJN[(low * magic) >> shift] * width
-                        _add_cell(state, e, total, state, e, cell, n_chan, -1)
+                        cell = base + _DEBRUIJN[(low * magic) >> shift] * rw
+                        _add_cell(state, e, total, state, e, cell, rc, -1)
                         todo ^= low
                 # Buckets that left the ring are dropped by clearing their bits; a cell is overwritten
                 # when its bit is set again, so nothing else needs clearing.
@@ -278,20 +288,21 @@ def _windows_loop(
             if ref_bucket[r] - bucket >= n:
                 continue
             slot = bucket & (n - 1)
-            cell = at_cells + (ring_off[r] + slot) * width
+            rc = ring_c[r]
+            cell = at_cells + ring_off[r] + slot * (1 + 2 * rc)
             bit = one << np.uint64(slot)
             mask = state[e, r]
             if mask & bit:
-                _add_cell(state, e, cell, row_cell, 0, 0, n_chan, 1)
+                _add_cell(state, e, cell, row_cell, 0, 0, rc, 1)
             else:
                 state[e, r] = mask | bit
-                for j in range(width):
+                for j in range(1 + 2 * rc):
                     state[e, cell + j] = row_cell[0, j]
         for w in range(n_win):
             r = win_ring[w]
-            total = at_totals + w * width
+            total = at_totals + win_at[w]
             if ref_bucket[r] - t_buckets[r, i] < win_n[w]:
-                _add_cell(state, e, total, row_cell, 0, 0, n_chan, 1)
+                _add_cell(state, e, total, row_cell, 0, 0, ring_c[r], 1)
             out_cnt[w, i] = np.int32(state[e, total])
             for c in range(n_chan):
                 if chan_win[c, w]:
@@ -336,6 +347,8 @@ def _windows(
     ring_n: npt.NDArray[np.int64],
     ring_off: npt.NDArray[np.int64],
     ring_first: npt.NDArray[np.int64],
+    ring_c: npt.NDArray[np.int64],
+    win_at: npt.NDArray[np.int64],
     win_order: npt.NDArray[np.int64],
     win_ring: npt.NDArray[np.int64],
     win_n: npt.NDArray[np.int64],
@@ -362,6 +375,8 @@ def _windows(
             ring_n,
             ring_off,
             ring_first,
+            ring_c,
+            win_at,
             win_order,
             win_ring,
             win_n,
@@ -387,6 +402,8 @@ def _windows(
             ring_n,
             ring_off,
             ring_first,
+            ring_c,
+            win_at,
             win_order,
             win_ring,
             win_n,
@@ -443,13 +460,20 @@ class WindowState:
         self.key = key
         self.window_names = key_window_names(key)
         windows = [config.window(name) for name in self.window_names]
-        widths = sorted({window.bucket_s for window in windows})
-        longest = [max(window.buckets for window in windows if window.bucket_s == g) for g in widths]
+        summed = {name for sums in key.sums for name in sums.windows}
+        # One ring per bucket width, and per "holds sums or only counts": a window with no sums over it
+        # keeps counts only (one word per bucket instead of 1 + 2 per channel).
+        kinds = [
+            (window.bucket_s, name in summed) for window, name in zip(windows, self.window_names, strict=True)
+        ]
+        rings = sorted(set(kinds))
+        longest = [
+            max(w.buckets for w, kind in zip(windows, kinds, strict=True) if kind == ring) for ring in rings
+        ]
         ring_n = [1 << (count - 1).bit_length() for count in longest]  # next power of two, at most 64
-        self._ring_g = np.array([g * _US for g in widths], dtype=np.int64)
+        self._ring_g = np.array([g * _US for g, _ in rings], dtype=np.int64)
         self._ring_n = np.array(ring_n, dtype=np.int64)
-        self._ring_off = np.concatenate([[0], np.cumsum(ring_n)[:-1]]).astype(np.int64)
-        self._win_ring = np.array([widths.index(window.bucket_s) for window in windows], dtype=np.int64)
+        self._win_ring = np.array([rings.index(kind) for kind in kinds], dtype=np.int64)
         self._win_n = np.array([window.buckets for window in windows], dtype=np.int64)
         self.window_seconds = np.array([window.length_s for window in windows], dtype=np.float64)
         channels: list[str] = []
@@ -464,20 +488,23 @@ class WindowState:
         for sums in key.sums:
             for name in sums.windows:
                 self._chan_win[channels.index(sums.channel), self.window_names.index(name)] = True
-        self._buckets = int(sum(ring_n))
-        width = 1 + 2 * len(channels)
+        self._ring_c = np.array([len(channels) if sums else 0 for _, sums in rings], dtype=np.int64)
+        ring_words = [n * (1 + 2 * int(c)) for n, c in zip(ring_n, self._ring_c, strict=True)]
+        self._ring_off = np.concatenate([[0], np.cumsum(ring_words)[:-1]]).astype(np.int64)
+        total_words = [1 + 2 * int(self._ring_c[r]) for r in self._win_ring]
+        self._win_at = np.concatenate([[0], np.cumsum(total_words)]).astype(np.int64)
         # Windows grouped by ring: ring r owns win_order[ring_first[r]:ring_first[r + 1]].
         self._win_order = np.array(
             sorted(range(len(windows)), key=lambda w: self._win_ring[w]), dtype=np.int64
         )
-        self._ring_first = np.searchsorted(self._win_ring[self._win_order], np.arange(len(widths) + 1))
+        self._ring_first = np.searchsorted(self._win_ring[self._win_order], np.arange(len(rings) + 1))
         self._ring_first = self._ring_first.astype(np.int64)
-        words = len(widths) + 3 + (len(windows) + self._buckets) * width
+        words = len(rings) + 3 + int(self._win_at[-1]) + sum(ring_words)
         self._row_words = -(-words // 8) * 8  # whole 64-byte cache lines
         self.state = np.zeros((0, self._row_words), dtype=np.uint64)
 
     def ensure(self, capacity: int) -> None:
-        """Grow the state to at least ``capacity`` entities (doubling, like the index)."""
+        """Grow the state to at least ``capacity`` entities (by half as much again each time)."""
         if len(self.state) < capacity:
             self.state = _grow_rows(self.state, capacity)
 
@@ -515,6 +542,8 @@ class WindowState:
             self._ring_n,
             self._ring_off,
             self._ring_first,
+            self._ring_c,
+            self._win_at,
             self._win_order,
             self._win_ring,
             self._win_n,
@@ -546,10 +575,9 @@ class WindowState:
 
 
 def _grow_rows(array: npt.NDArray[_T], capacity: int) -> npt.NDArray[_T]:
-    """``array`` with at least ``capacity`` rows (zero-filled), grown by doubling."""
-    size = max(len(array), 1)
-    while size < capacity:
-        size *= 2
+    """``array`` with at least ``capacity`` rows (zero-filled), grown by at least half its length (not
+    doubled: a row is kilobytes, and the state follows the slots in use, not the index's capacity)."""
+    size = max(capacity, len(array) + len(array) // 2)
     shape = (size, *array.shape[1:])
     # Rows are whole cache lines; starting the array on a line boundary keeps each row on as few lines
     # as possible (NumPy only aligns to 16 bytes).
