@@ -88,6 +88,33 @@ def test_evaluate_cli__refuses_unknown_datasets_and_says_where_data_is_missing(r
     assert "FINSECURE_DATASETS" in result.output
 
 
+def test_evaluate_cli__rate_is_for_the_simulated_replay_only(registered: str) -> None:
+    result = runner.invoke(app, ["evaluate", "--dataset", "sparkov", "--rate", "5000"])
+    assert result.exit_code == 1
+    assert "only to --dataset simulated" in result.output
+    assert runner.invoke(app, ["evaluate", "--dataset", "simulated", "--rate", "0"]).exit_code == 2
+
+
+def test_evaluate_cli__passes_the_rate_to_the_simulated_replay(
+    registered: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import finsecure.sim.evaluate as sim_evaluate
+
+    seen: dict[str, object] = {}
+
+    def fake_evaluate(settings: object, out: Path, **kwargs: object) -> dict[str, object]:
+        seen.update(kwargs, out=out)
+        return {}
+
+    monkeypatch.setattr(sim_evaluate, "evaluate_simulated", fake_evaluate)
+    monkeypatch.setattr(sim_evaluate, "markdown_summary", lambda report: "summary")
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--dataset", "simulated", "--rate", "5000", "--seed", "2", "--out", str(out)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen == {"seed": 2, "rate": 5000.0, "out": out}
+
+
 def test_train_cli__fits_on_the_lake_with_its_labels(
     registered: str, payments: tuple[pl.DataFrame, ...]
 ) -> None:

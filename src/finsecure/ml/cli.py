@@ -243,16 +243,26 @@ def evaluate_command(
     ],
     out: Annotated[Path | None, typer.Option(help="Write the JSON report here (markdown beside it)")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split (simulated: of the run)")] = 0,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="simulated only: replay at this many events/s (default: as fast as the pipeline takes them, "
+            "so time to detect includes queueing)",
+        ),
+    ] = None,
 ) -> None:
     """Train on the dataset's training split and report every model and the ensemble on its test splits."""
     from finsecure.ml.evaluate import evaluate_dataset, report_markdown
 
+    if rate is not None and dataset != "simulated":
+        raise _fail("--rate applies only to --dataset simulated (the others are not replayed)")
     settings = get_settings()
     if dataset == "simulated":
         from finsecure.sim.evaluate import evaluate_simulated, markdown_summary
 
         target = out or settings.data_dir / "reports" / "evaluate-simulated.json"
-        console.print(markdown_summary(evaluate_simulated(settings, target, seed=seed)))
+        console.print(markdown_summary(evaluate_simulated(settings, target, seed=seed, rate=rate)))
         console.print(f"report written to {target} and {target.with_suffix('.md')}")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
